@@ -1,0 +1,142 @@
+"""Attaching loaded programs: classic tracepoints (tracefs id + perf_event_open, then a BPF perf link or the
+older ioctl), and BTF-typed / raw tracepoints (BPF_RAW_TRACEPOINT_OPEN)."""
+import ctypes
+import errno
+import os
+import struct
+
+from . import abi
+from .errors import AttachError, KernelFeatureError, PytracerError
+from .syscall import Buffer, bpf, ioctl, perf_event_open, privilege_error, raise_from_oserror
+
+TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+_tracefs = None
+
+
+def _has_events(path):
+    return os.path.isdir(os.path.join(path, "events"))
+
+
+def tracefs(mount=True):
+    """Path of a mounted tracefs; mounts it at /sys/kernel/tracing when neither location is mounted."""
+    global _tracefs
+    if _tracefs:
+        return _tracefs
+    for p in TRACEFS_CANDIDATES:
+        if _has_events(p):
+            _tracefs = p
+            return p
+    if mount and os.path.isdir(TRACEFS_CANDIDATES[0]):
+        libc = ctypes.CDLL(None, use_errno=True)
+        rc = libc.mount(b"nodev", TRACEFS_CANDIDATES[0].encode(), b"tracefs", ctypes.c_ulong(0), None)
+        if rc == 0 and _has_events(TRACEFS_CANDIDATES[0]):
+            _tracefs = TRACEFS_CANDIDATES[0]
+            return _tracefs
+        err = ctypes.get_errno()
+        hint = os.strerror(err) if rc != 0 else "mounted but has no events directory"
+    else:
+        hint = "no /sys/kernel/tracing directory"
+    raise AttachError(
+        f"tracefs is not mounted and could not be mounted ({hint}). Mount it with: "
+        f"mount -t tracefs nodev /sys/kernel/tracing")
+
+
+def tracepoint_exists(target):
+    """True if tracepoint 'category/name' exists on this kernel."""
+    return os.path.exists(os.path.join(tracefs(), "events", target, "id"))
+
+
+def tracepoint_id(target):
+    path = os.path.join(tracefs(), "events", target, "id")
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except FileNotFoundError:
+        raise AttachError(f"tracepoint {target.replace('/', ':')} does not exist on this kernel "
+                          f"({os.uname().release})") from None
+    except PermissionError:
+        raise privilege_error(f"reading {path}", errno.EACCES) from None
+    except (OSError, ValueError) as e:
+        raise AttachError(f"cannot read the id of tracepoint {target}: {e}") from None
+
+
+class Link:
+    """An attachment. Closing it detaches the program (every fd it holds is released)."""
+
+    def __init__(self, description, fds):
+        self.description = description
+        self.fds = list(fds)
+
+    def close(self):
+        while self.fds:
+            fd = self.fds.pop()
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+_perf_link_supported = None
+
+
+def attach_tracepoint(program, target):
+    """Attach a BPF_PROG_TYPE_TRACEPOINT program to tracepoint 'category/name'."""
+    global _perf_link_supported
+    tp_id = tracepoint_id(target)
+    # perf_event_attr: type, size, config, sample_period, sample_type, read_format, flags(bitfield), wakeup
+    attr = struct.pack("<IIQQQQQI", abi.PERF_TYPE_TRACEPOINT, abi.PERF_ATTR_SIZE_VER5, tp_id, 1,
+                       abi.PERF_SAMPLE_RAW, 0, 0, 1).ljust(abi.PERF_ATTR_SIZE_VER5, b"\0")
+    try:
+        # pid -1, cpu 0: for tracepoints the BPF program runs on every CPU; one event is enough.
+        pfd = perf_event_open(attr, -1, 0, -1, abi.PERF_FLAG_FD_CLOEXEC)
+    except OSError as e:
+        raise_from_oserror(f"perf_event_open for tracepoint {target}", e)
+    try:
+        if _perf_link_supported is not False:
+            try:
+                lfd = bpf(abi.Cmd.LINK_CREATE, struct.pack("<IIII", program.fd, pfd, abi.AttachType.PERF_EVENT, 0))
+                _perf_link_supported = True
+                return Link(f"tracepoint {target}", [pfd, lfd])
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, abi.ENOTSUPP):
+                    raise
+                _perf_link_supported = False  # kernels before 5.15: fall back to the ioctl
+        ioctl(pfd, abi.PERF_EVENT_IOC_SET_BPF, program.fd)
+        ioctl(pfd, abi.PERF_EVENT_IOC_ENABLE, 0)
+        return Link(f"tracepoint {target}", [pfd])
+    except OSError as e:
+        os.close(pfd)
+        if e.errno in (errno.EPERM, errno.EACCES):
+            raise privilege_error(f"attaching to tracepoint {target}", e.errno) from None
+        raise AttachError(f"attaching {program.name} to tracepoint {target}: {os.strerror(e.errno)}") from None
+    except PytracerError:
+        os.close(pfd)
+        raise
+
+
+def attach_raw_tracepoint(program, target=None):
+    """Attach a raw tracepoint program (target name given) or a tp_btf program (target from its BTF id)."""
+    name = Buffer(target.encode() + b"\0") if target else None
+    try:
+        fd = bpf(abi.Cmd.RAW_TRACEPOINT_OPEN, struct.pack("<QI", name.addr if name else 0, program.fd))
+    except OSError as e:
+        if e.errno in (errno.EPERM, errno.EACCES):
+            raise privilege_error(f"attaching {program.name}", e.errno) from None
+        if e.errno == errno.ENOENT:
+            raise AttachError(f"raw tracepoint {target} does not exist on this kernel") from None
+        if e.errno == errno.EINVAL:
+            raise KernelFeatureError(f"this kernel cannot attach {program.name} (raw tracepoints: Linux 4.17+, "
+                                     f"tp_btf: 5.5+)") from None
+        raise AttachError(f"attaching {program.name}: {os.strerror(e.errno)}") from None
+    return Link(f"{program.spec.attach_kind} {program.spec.attach_target}", [fd])
+
+
+def attach(program):
+    kind, target = program.spec.attach_kind, program.spec.attach_target
+    if kind == "tracepoint":
+        return attach_tracepoint(program, target)
+    if kind == "raw_tracepoint":
+        return attach_raw_tracepoint(program, target)
+    if kind == "tp_btf":
+        return attach_raw_tracepoint(program, None)
+    raise AttachError(f"do not know how to attach {program.name} ({program.spec.section})")

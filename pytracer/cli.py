@@ -1,0 +1,215 @@
+"""`python -m pytracer`: tcpsnoop for Linux. Argument parsing, output formats, and Unix-tool manners
+(Ctrl-C, SIGTERM, -d and a closed stdout end quietly with status 0; errors are one clear message)."""
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+from . import __version__
+from .errors import PytracerError
+
+CLASSIC_HEADER = "%5s %6s %-*s %5s %2s %-*s %5s %5s %s"
+DIRS = {"out": "->", "in": "<-"}
+
+
+class _Stop(Exception):
+    """Raised from the SIGTERM handler to leave the read loop through the normal cleanup path."""
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="pytracer",
+        description="Trace TCP connections and segments, named after the process that caused them "
+                    "(tcpsnoop for Linux, eBPF tracepoints only).")
+    p.add_argument("-t", "--timestamp", action="store_true", help="print seconds since start as the first column")
+    p.add_argument("-p", "--pid", type=int, action="append", default=[], metavar="PID",
+                   help="only sockets owned by this process (repeatable)")
+    p.add_argument("-u", "--uid", type=int, help="only sockets owned by this user id")
+    p.add_argument("-c", "--comm", help="only sockets owned by a task with this name")
+    p.add_argument("-P", "--port", type=int, action="append", default=[], metavar="PORT",
+                   help="only connections with this local or remote port (repeatable)")
+    fam = p.add_mutually_exclusive_group()
+    fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 only")
+    fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 only (wide address columns)")
+    p.add_argument("--cgroup", metavar="PATH", help="only sockets owned by tasks in this cgroup v2 (or below)")
+    p.add_argument("--no-data", action="store_true",
+                   help="connections, resets and closes only: no per-segment lines")
+    p.add_argument("-j", "--json", action="store_true", help="one JSON object per line (schema: README)")
+    p.add_argument("-d", "--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
+    p.add_argument("--ringbuf-mb", type=int, default=8, metavar="MB",
+                   help="kernel ring buffer size in MiB, a power of two (default 8)")
+    p.add_argument("--no-cache", action="store_true", help="do not use the relocated-program cache")
+    p.add_argument("--version", action="version", version=f"pytracer {__version__}")
+    a = p.parse_args(argv)
+    mb = a.ringbuf_mb
+    if mb <= 0 or mb & (mb - 1):
+        p.error("--ringbuf-mb must be a power of two")
+    if a.duration is not None and a.duration < 0:
+        p.error("--duration must not be negative")
+    return a
+
+
+class ClassicWriter:
+    def __init__(self, out, timestamps, wide, t0):
+        self.out = out
+        self.t0 = t0
+        w = 39 if wide else 15
+        self.w = w
+        ts = "%-9.3f " if timestamps else ""
+        self.fmt = ts + "%5d %6d %-" + str(w) + "s %5d %2s %-" + str(w) + "s %5d %5d %s\n"
+        self.close_fmt = ts + "%5d %6d %-" + str(w) + "s %5d -- %-" + str(w) + "s %5d %5s %s close tx=%d rx=%d ms=%s\n"
+        self.timestamps = timestamps
+
+    def header(self):
+        h = CLASSIC_HEADER % ("UID", "PID", self.w, "LADDR", "LPORT", "DR", self.w, "RADDR", "RPORT", "SIZE", "CMD")
+        self.out.write(("%-9s " % "TIME(s)" if self.timestamps else "") + h + "\n")
+        self.out.flush()
+
+    def write(self, lines):
+        fmt, cfmt, t0, ts_on = self.fmt, self.close_fmt, self.t0, self.timestamps
+        parts = []
+        for ln in lines:
+            (ts, event, d, pid, uid, comm, _fam, la, lp, ra, rp, size, _pl, _ns, tx, rx, dur) = ln
+            if event == "close":
+                vals = (uid, pid, la, lp, ra, rp, "-", comm, tx, rx, "-" if dur is None else "%.3f" % dur)
+                parts.append(cfmt % (((ts - t0),) + vals if ts_on else vals))
+                continue
+            vals = (uid, pid, la, lp, "->" if d == "out" else "<-", ra, rp, size, comm)
+            parts.append(fmt % (((ts - t0),) + vals if ts_on else vals))
+        self.out.write("".join(parts))
+        self.out.flush()
+
+    def lost(self, count):
+        sys.stderr.write(f"pytracer: {count} events lost (the ring buffer was full; try --ringbuf-mb or filters)\n")
+        sys.stderr.flush()
+
+
+class JsonWriter:
+    def __init__(self, out):
+        self.out = out
+        self._comm = {}
+
+    def header(self):
+        pass
+
+    def write(self, lines):
+        cache = self._comm
+        parts = []
+        for ln in lines:
+            (ts, event, d, pid, uid, comm, fam, la, lp, ra, rp, size, pl, ns, tx, rx, dur) = ln
+            jc = cache.get(comm)
+            if jc is None:
+                jc = cache[comm] = json.dumps(comm)
+            s = ('{"ts": %.6f, "event": "%s", "dir": "%s", "pid": %d, "uid": %d, "comm": %s, "family": %d, '
+                 '"laddr": "%s", "lport": %d, "raddr": "%s", "rport": %d, "size": %d, "payload": %d, "netns": %d'
+                 % (ts, event, d, pid, uid, jc, fam, la, lp, ra, rp, size, pl, ns))
+            if event == "close":
+                s += ', "tx_bytes": %d, "rx_bytes": %d, "duration_ms": %s' % (
+                    tx, rx, "null" if dur is None else "%.3f" % dur)
+            parts.append(s + "}\n")
+        self.out.write("".join(parts))
+        self.out.flush()
+
+    def lost(self, count):
+        self.out.write('{"ts": %.6f, "event": "lost", "count": %d}\n' % (time.time(), count))
+        self.out.flush()
+
+
+def _quiet_stdout():
+    """After EPIPE, point stdout at /dev/null so the interpreter's final flush cannot complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except OSError:
+        pass
+
+
+def run(argv=None):
+    a = parse_args(sys.argv[1:] if argv is None else argv)
+    from .syscall import missing_capabilities
+    from .tcpsnoop import TcpSnoop
+
+    if os.geteuid() != 0 and missing_capabilities():
+        print(f"pytracer: needs root, or CAP_BPF and CAP_PERFMON (missing: {', '.join(missing_capabilities())}). "
+              f"Run it with sudo.", file=sys.stderr)
+        return 4
+
+    def on_term(signum, frame):
+        raise _Stop()
+
+    signal.signal(signal.SIGTERM, on_term)
+    if a.no_cache:
+        os.environ["PYTRACER_CACHE_DIR"] = "off"
+    family = 4 if a.ipv4 else 6 if a.ipv6 else None
+    snoop = TcpSnoop(pids=a.pid, uid=a.uid, comm=a.comm, ports=a.port, family=family, cgroup=a.cgroup,
+                     no_data=a.no_data, ringbuf_size=a.ringbuf_mb << 20, use_cache=not a.no_cache)
+    writer = None
+    try:
+        snoop.start()
+        for note in snoop.fallbacks:
+            print(f"pytracer: note: {note}", file=sys.stderr)
+        t0 = time.time()
+        writer = JsonWriter(sys.stdout) if a.json else ClassicWriter(sys.stdout, a.timestamp, a.ipv6, t0)
+        writer.header()
+        end = None if a.duration is None else time.monotonic() + a.duration
+        last_loss_check = 0.0
+        while True:
+            now = time.monotonic()
+            if end is not None and now >= end:
+                break
+            wait = 0.5 if end is None else min(0.5, end - now)
+            lines = snoop.poll_lines(wait)
+            if lines:
+                writer.write(lines)
+            if now - last_loss_check >= 0.5:
+                last_loss_check = now
+                lost = snoop.new_losses()
+                if lost:
+                    writer.lost(lost)
+        lines = snoop.drain_lines()
+        if lines:
+            writer.write(lines)
+        lost = snoop.new_losses()
+        if lost:
+            writer.lost(lost)
+        return 0
+    except (KeyboardInterrupt, _Stop):
+        _final_report(snoop, writer)
+        return 0
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0
+    except PytracerError as e:
+        print(f"pytracer: {e}", file=sys.stderr)
+        return e.exit_status
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        snoop.close()
+
+
+def _final_report(snoop, writer):
+    """On Ctrl-C/SIGTERM: print what is already read and any losses, then go."""
+    if writer is None or snoop.obj is None:
+        return
+    try:
+        lines = snoop.drain_lines()
+        if lines:
+            writer.write(lines)
+        lost = snoop.new_losses()
+        if lost:
+            writer.lost(lost)
+    except BrokenPipeError:
+        _quiet_stdout()
+    except (PytracerError, KeyboardInterrupt, _Stop):
+        pass
+
+
+def main():
+    try:
+        status = run()
+    except KeyboardInterrupt:
+        status = 0
+    sys.exit(status)

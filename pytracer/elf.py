@@ -1,0 +1,330 @@
+"""ELF reading: a clang-built BPF object file -> ObjectSpec (programs linked with their subprograms, maps,
+global data), with BTF.ext func/line info and CO-RE relocations re-based onto each linked program.
+
+Nothing here touches the kernel; CO-RE relocations are only collected (core.py applies them).
+"""
+import io
+import os
+import struct
+
+from . import abi
+from .btf import BTF, BTFExt
+from .errors import ObjectFormatError, PytracerError
+from .spec import CoreReloSpec, MapRelocSpec, MapSpec, ObjectSpec, ProgramSpec
+
+EM_BPF = 247
+SHT_NOBITS = 8
+SHF_EXECINSTR = 0x4
+GLOBAL_DATA_SECTIONS = (".rodata", ".data", ".bss")
+_INSN = struct.Struct("<BBhi")
+
+# section prefix -> (program type, expected attach type, attach kind)
+SECTION_TYPES = (
+    ("tracepoint/", abi.ProgType.TRACEPOINT, 0, "tracepoint"),
+    ("tp/", abi.ProgType.TRACEPOINT, 0, "tracepoint"),
+    ("tp_btf/", abi.ProgType.TRACING, abi.AttachType.TRACE_RAW_TP, "tp_btf"),
+    ("raw_tracepoint/", abi.ProgType.RAW_TRACEPOINT, 0, "raw_tracepoint"),
+    ("raw_tp/", abi.ProgType.RAW_TRACEPOINT, 0, "raw_tracepoint"),
+)
+SUPPORTED_SECTIONS = ", ".join(p + "..." for p, *_ in SECTION_TYPES)
+
+
+def program_type_for(section):
+    for prefix, ptype, atype, kind in SECTION_TYPES:
+        if section.startswith(prefix) and len(section) > len(prefix):
+            return ptype, atype, kind, section[len(prefix):]
+    return None
+
+
+class _Func:
+    """A function inside an executable section, in instruction units."""
+
+    __slots__ = ("name", "section", "start", "end")
+
+    def __init__(self, name, section, start, end):
+        self.name, self.section, self.start, self.end = name, section, start, end
+
+
+def read_object(path_or_bytes, name=None):
+    """Parse a BPF ELF object (path or bytes) into an ObjectSpec. Raises ObjectFormatError on bad input."""
+    if isinstance(path_or_bytes, (bytes, bytearray)):
+        data, path = bytes(path_or_bytes), name or "<memory>"
+    else:
+        path = os.fspath(path_or_bytes)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ObjectFormatError(f"cannot read BPF object {path}: {e.strerror}") from None
+    try:
+        return _Reader(data, path).read()
+    except PytracerError:
+        raise
+    except Exception as e:  # pyelftools raises many kinds of errors on corrupt input
+        raise ObjectFormatError(f"{path}: not a valid BPF object file ({type(e).__name__}: {e})") from None
+
+
+class _Reader:
+    def __init__(self, data, path):
+        from elftools.elf.elffile import ELFFile  # imported here: it is the slowest import on the cold path
+
+        self.path = path
+        if data[:4] != b"\x7fELF":
+            raise ObjectFormatError(f"{path}: not an ELF file")
+        self.elf = ELFFile(io.BytesIO(data))
+        if self.elf["e_machine"] not in ("EM_BPF", EM_BPF):
+            raise ObjectFormatError(f"{path}: ELF machine is {self.elf['e_machine']}, not BPF")
+        if not self.elf.little_endian or self.elf.elfclass != 64:
+            raise ObjectFormatError(f"{path}: only 64-bit little-endian BPF objects are supported")
+        self.sections = list(self.elf.iter_sections())
+        self.by_name = {s.name: (i, s) for i, s in enumerate(self.sections)}
+        symtab = self.elf.get_section_by_name(".symtab")
+        if symtab is None:
+            raise ObjectFormatError(f"{path}: no symbol table")
+        self.symbols = list(symtab.iter_symbols())
+
+    # ------------------------------------------------------------------------------------------
+    def read(self):
+        btf_sec = self.by_name.get(".BTF")
+        if btf_sec is None:
+            raise ObjectFormatError(f"{self.path}: no .BTF section (compile with clang -g)")
+        self.btf = BTF(btf_sec[1].data())
+        ext_sec = self.by_name.get(".BTF.ext")
+        self.ext = BTFExt(ext_sec[1].data(), self.btf) if ext_sec else None
+
+        lic = self.by_name.get("license")
+        license_ = lic[1].data().split(b"\0", 1)[0].decode("ascii", "replace") if lic else ""
+        if not license_:
+            raise ObjectFormatError(f"{self.path}: no license section")
+
+        self._index_code()
+        maps = self._read_maps()
+        self.map_sections = {sec: m.name for m in maps.values() if m.section != ".maps"
+                             for sec in [m.section]}
+        programs = {}
+        for f in self.funcs:
+            if f.section == ".text":
+                continue
+            ptype, atype, kind, target = self.prog_kinds[f.section]
+            prog = self._link(f)
+            prog.prog_type, prog.expected_attach_type = int(ptype), int(atype)
+            prog.attach_kind, prog.attach_target = kind, target
+            programs[f.name] = prog
+        if not programs:
+            raise ObjectFormatError(f"{self.path}: no BPF programs found")
+
+        sizes, offsets = {}, {}
+        for i, s in enumerate(self.sections):
+            sizes[s.name] = s["sh_size"]
+        for sym in self.symbols:
+            if sym["st_info"]["type"] == "STT_OBJECT" and sym.name:
+                offsets[sym.name] = sym["st_value"]
+        btf_bytes = self.btf.with_datasec_fixups(sizes, offsets)
+        return ObjectSpec(path=self.path, license=license_, programs=programs, maps=maps, btf=btf_bytes)
+
+    # ------------------------------------------------------------------------------------------
+    def _index_code(self):
+        """Find program sections and the functions inside every executable section."""
+        self.code = {}        # section name -> bytes
+        self.prog_kinds = {}  # section name -> (ptype, atype, kind, target)
+        for idx, s in enumerate(self.sections):
+            if not (s["sh_flags"] & SHF_EXECINSTR) or s["sh_size"] == 0:
+                continue
+            if s.name != ".text":
+                kinds = program_type_for(s.name)
+                if kinds is None:
+                    raise ObjectFormatError(
+                        f"{self.path}: unknown program section '{s.name}' (pytracer attaches only "
+                        f"{SUPPORTED_SECTIONS}; kprobes are not used)")
+                self.prog_kinds[s.name] = kinds
+            data = s.data()
+            if len(data) % 8:
+                raise ObjectFormatError(f"{self.path}: section {s.name} is not a whole number of instructions")
+            self.code[s.name] = data
+        self.funcs = []
+        self.funcs_by_sec = {}
+        for sym in self.symbols:
+            if sym["st_info"]["type"] != "STT_FUNC" or not isinstance(sym["st_shndx"], int):
+                continue
+            sec = self.sections[sym["st_shndx"]]
+            if sec.name not in self.code:
+                continue
+            start, size = sym["st_value"], sym["st_size"]
+            if start % 8 or size % 8 or start + size > len(self.code[sec.name]) or size == 0:
+                raise ObjectFormatError(f"{self.path}: function {sym.name} lies outside its section")
+            f = _Func(sym.name, sec.name, start // 8, (start + size) // 8)
+            self.funcs.append(f)
+            self.funcs_by_sec.setdefault(sec.name, []).append(f)
+        for sec in self.prog_kinds:
+            if sec not in self.funcs_by_sec:
+                raise ObjectFormatError(f"{self.path}: section {sec} has code but no function symbol")
+        # relocations per target section: insn byte offset -> symbol
+        self.relocs = {}
+        for s in self.sections:
+            if s["sh_type"] not in ("SHT_REL", 9):
+                continue
+            target = self.sections[s["sh_info"]]
+            if target.name not in self.code:
+                continue
+            table = self.relocs.setdefault(target.name, {})
+            for rel in s.iter_relocations():
+                table[rel["r_offset"]] = self.symbols[rel["r_info_sym"]]
+
+    def _func_at(self, section, insn_idx):
+        for f in self.funcs_by_sec.get(section, ()):
+            if f.start == insn_idx:
+                return f
+        raise ObjectFormatError(f"{self.path}: call into the middle of a function ({section}+{insn_idx})")
+
+    def _link(self, main):
+        """Copy `main` and every subprogram it reaches into one instruction stream."""
+        out = bytearray()
+        placed = {}           # (section, start) -> base index in `out`
+        order = [main]
+        placed[(main.section, main.start)] = 0
+        prog = ProgramSpec(name=main.name, section=main.section, prog_type=0)
+        func_info, line_info = [], []
+        i = 0
+        while i < len(order):
+            f = order[i]
+            i += 1
+            base = placed[(f.section, f.start)]
+            code = bytearray(self.code[f.section][f.start * 8:f.end * 8])
+            relocs = self.relocs.get(f.section, {})
+            n = f.end - f.start
+            k = 0
+            while k < n:
+                op, regs, off, imm = _INSN.unpack_from(code, k * 8)
+                src = regs >> 4
+                sym = relocs.get((f.start + k) * 8)
+                if op == abi.INSN_CALL and src == abi.BPF_PSEUDO_CALL:
+                    if sym is not None:
+                        tsec = self.sections[sym["st_shndx"]].name
+                        tidx = sym["st_value"] // 8 + imm + 1
+                    else:
+                        tsec, tidx = f.section, f.start + k + imm + 1
+                    callee = self._func_at(tsec, tidx)
+                    key = (callee.section, callee.start)
+                    if key not in placed:
+                        placed[key] = sum(g.end - g.start for g in order)
+                        order.append(callee)
+                    _INSN.pack_into(code, k * 8, op, regs, off, placed[key] - (base + k) - 1)
+                elif sym is not None and op == abi.INSN_LD_IMM64:
+                    self._data_reloc(prog, code, k, base, sym, imm, src)
+                elif sym is not None:
+                    raise ObjectFormatError(
+                        f"{self.path}: {main.name} has a relocation against '{sym.name}' on an "
+                        f"instruction pytracer cannot relocate (opcode {op:#x}; kfuncs, externs and "
+                        f"callbacks are not supported)")
+                k += 2 if op == abi.INSN_LD_IMM64 else 1
+            out += code
+            self._collect_ext(f, base, prog, func_info, line_info)
+        prog.insns = bytes(out)
+        if self.ext is not None:
+            prog.func_info = b"".join(struct.pack("<II", off, tid) for off, tid in sorted(func_info))
+            prog.line_info = b"".join(struct.pack("<IIII", *rec) for rec in sorted(line_info))
+        return prog
+
+    def _data_reloc(self, prog, code, k, base, sym, imm, src):
+        shndx = sym["st_shndx"]
+        if not isinstance(shndx, int):
+            raise ObjectFormatError(f"{self.path}: {prog.name} refers to undefined symbol '{sym.name}' "
+                                    f"(extern variables are not supported)")
+        sec = self.sections[shndx].name
+        if sec == ".maps":
+            prog.map_relocs.append(MapRelocSpec(base + k, sym.name))
+            return
+        if sec in self.map_sections:
+            offset = (sym["st_value"] if sym["st_info"]["type"] != "STT_SECTION" else 0) + imm
+            prog.map_relocs.append(MapRelocSpec(base + k, self.map_sections[sec], offset, True))
+            # the kernel reads the offset from the second slot's imm; clear the first
+            struct.pack_into("<i", code, k * 8 + 4, 0)
+            return
+        if src == abi.BPF_PSEUDO_FUNC or sec in self.code:
+            raise ObjectFormatError(f"{self.path}: {prog.name} takes the address of a function "
+                                    f"(callbacks are not supported)")
+        raise ObjectFormatError(f"{self.path}: {prog.name} refers to section '{sec}' which pytracer "
+                                f"does not load (only .maps, .rodata, .data and .bss)")
+
+    def _collect_ext(self, f, base, prog, func_info, line_info):
+        if self.ext is None:
+            return
+        lo, hi = f.start * 8, f.end * 8
+        for off, tid in self.ext.func_info.get(f.section, ()):
+            if lo <= off < hi:
+                func_info.append((base + off // 8 - f.start, tid))
+        for off, file_off, line_off, col in self.ext.line_info.get(f.section, ()):
+            if lo <= off < hi:
+                line_info.append((base + off // 8 - f.start, file_off, line_off, col))
+        for off, tid, access, kind in self.ext.core_relos.get(f.section, ()):
+            if lo <= off < hi:
+                prog.core_relocs.append(CoreReloSpec(base + off // 8 - f.start, tid, access, kind))
+
+    # ------------------------------------------------------------------------------------------
+    def _read_maps(self):
+        maps = {}
+        objname = os.path.basename(self.path).split(".")[0][:7] or "obj"
+        for sec in GLOBAL_DATA_SECTIONS:
+            entry = self.by_name.get(sec)
+            if entry is None or entry[1]["sh_size"] == 0:
+                continue
+            s = entry[1]
+            size = s["sh_size"]
+            initial = bytes(size) if s["sh_type"] in ("SHT_NOBITS", SHT_NOBITS) else s.data()
+            variables = {}
+            for sym in self.symbols:
+                if sym["st_shndx"] == entry[0] and sym["st_info"]["type"] == "STT_OBJECT" and sym.name:
+                    ids = self.btf.find_by_name(sym.name, abi.BTFKind.VAR)
+                    tid = self.btf.type(ids[0]).type if ids else 0
+                    variables[sym.name] = (sym["st_value"], sym["st_size"], tid)
+            mname = f"{objname}{sec}"
+            maps[mname] = MapSpec(
+                name=mname, map_type=int(abi.MapType.ARRAY), key_size=4, value_size=size, max_entries=1,
+                flags=abi.BPF_F_RDONLY_PROG if sec == ".rodata" else 0, section=sec, initial=initial,
+                freeze=(sec == ".rodata"), variables=variables)
+        if ".maps" not in self.by_name:
+            return maps
+        ids = self.btf.find_by_name(".maps", abi.BTFKind.DATASEC)
+        if not ids:
+            raise ObjectFormatError(f"{self.path}: .maps section without BTF (legacy maps are not supported)")
+        for var_id, _off, _size in self.btf.type(ids[0]).vars:
+            var = self.btf.type(var_id)
+            maps[var.name] = self._map_from_btf(var.name, var.type)
+        return maps
+
+    def _map_from_btf(self, name, type_id):
+        btf = self.btf
+        t = btf.type(btf.skip_mods_and_typedefs(type_id))
+        if t.kind != abi.BTFKind.STRUCT:
+            raise ObjectFormatError(f"{self.path}: map '{name}' is not a struct in BTF")
+        fields = {}
+        for m in t.members:
+            mt = btf.type(btf.skip_mods_and_typedefs(m.type))
+            if m.name in ("type", "max_entries", "map_flags", "key_size", "value_size", "numa_node",
+                          "pinning", "map_extra"):
+                # __uint(x, N) is encoded as `int (*x)[N]`
+                if mt.kind != abi.BTFKind.PTR:
+                    raise ObjectFormatError(f"{self.path}: map '{name}' field {m.name} is not __uint()")
+                arr = btf.type(btf.skip_mods_and_typedefs(mt.type))
+                if arr.kind != abi.BTFKind.ARRAY:
+                    raise ObjectFormatError(f"{self.path}: map '{name}' field {m.name} is not __uint()")
+                fields[m.name] = arr.array.nelems
+            elif m.name in ("key", "value"):
+                if mt.kind != abi.BTFKind.PTR:
+                    raise ObjectFormatError(f"{self.path}: map '{name}' field {m.name} is not __type()")
+                fields[m.name + "_size"] = btf.resolve_size(mt.type)
+                fields[m.name + "_type_id"] = mt.type
+            else:
+                raise ObjectFormatError(f"{self.path}: map '{name}' uses unsupported attribute '{m.name}'")
+        if "type" not in fields:
+            raise ObjectFormatError(f"{self.path}: map '{name}' has no type")
+        mtype = fields["type"]
+        key_size = fields.get("key_size", 0)
+        value_size = fields.get("value_size", 0)
+        max_entries = fields.get("max_entries", 0)
+        if mtype == abi.MapType.RINGBUF:
+            key_size = value_size = 0
+        return MapSpec(name=name, map_type=mtype, key_size=key_size, value_size=value_size,
+                       max_entries=max_entries, flags=fields.get("map_flags", 0),
+                       btf_key_type_id=fields.get("key_type_id", 0),
+                       btf_value_type_id=fields.get("value_type_id", 0))

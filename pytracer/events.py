@@ -1,0 +1,109 @@
+"""Record layouts, written once with construct (mirroring bpf_bytecode/*.h), and the fast decoders derived
+from them.
+
+construct is the single definition; per-record construct parsing is far too slow for the ring buffer's hot
+path (tens of thousands of records/s), so `layout()` turns a construct Struct of fixed-size fields into a
+`struct.Struct` (millions of records/s) plus the field names and offsets. Tests check each layout against
+the object's BTF, field by field.
+"""
+import struct
+from collections import namedtuple
+
+Field = namedtuple("Field", "name offset size")
+Layout = namedtuple("Layout", "struct names fields")
+
+# Event types and attributes: must match bpf_bytecode/tcpsnoop.h (a test checks them against BTF enums).
+EV_CONNECT, EV_ACCEPT, EV_SEND, EV_RECV, EV_RESET, EV_CLOSE, EV_RESET_CLOSED_PORT = range(1, 8)
+ATTR_OWNER_UNKNOWN = 1
+DIR_OUT, DIR_IN = 0, 1
+TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 1, 2, 4, 8, 16
+
+
+def tcpsnoop_event():
+    """struct tcpsnoop_event (bpf_bytecode/tcpsnoop.h)."""
+    from construct import Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct
+
+    return Struct(
+        "ts_ns" / Int64ul,
+        "sk" / Int64ul,
+        "cgroup_id" / Int64ul,
+        "tx_bytes" / Int64ul,
+        "rx_bytes" / Int64ul,
+        "start_ns" / Int64ul,
+        "pid" / Int32ul,
+        "uid" / Int32ul,
+        "netns" / Int32ul,
+        "size" / Int32ul,
+        "payload" / Int32ul,
+        "lport" / Int16ul,
+        "rport" / Int16ul,
+        "laddr" / Bytes(16),
+        "raddr" / Bytes(16),
+        "family" / Int8ul,
+        "type" / Int8ul,
+        "dir" / Int8ul,
+        "tcp_flags" / Int8ul,
+        "attr" / Int8ul,
+        Padding(3),
+        "comm" / Bytes(16),
+    )
+
+
+def probe_event():
+    """struct probe_event (bpf_bytecode/enginetest.h): the synthetic producer's record."""
+    from construct import Int32ul, Int64ul, Struct
+
+    return Struct(
+        "seq" / Int64ul,
+        "ts_ns" / Int64ul,
+        "tgid" / Int32ul,
+        "cpu" / Int32ul,
+        "arg" / Int64ul,
+    )
+
+
+LAYOUTS = {"tcpsnoop_event": tcpsnoop_event, "probe_event": probe_event}
+
+
+def _code(subcon):
+    """struct-module code for one fixed-size construct field."""
+    import construct
+
+    while isinstance(subcon, construct.Renamed):
+        subcon = subcon.subcon
+    if isinstance(subcon, construct.FormatField):
+        return subcon.fmtstr.lstrip("<>=!@"), struct.calcsize(subcon.fmtstr)
+    if isinstance(subcon, construct.Bytes) and isinstance(subcon.length, int):
+        return f"{subcon.length}s", subcon.length
+    if isinstance(subcon, construct.Padded) and isinstance(subcon.subcon, construct.Pass.__class__):
+        return f"{subcon.length}x", subcon.length
+    raise TypeError(f"cannot derive a struct code for {subcon!r}")
+
+
+def layout(con):
+    """struct.Struct, field names (in tuple order) and field offsets for a construct Struct."""
+    import construct
+
+    codes, names, fields, off = [], [], [], 0
+    for sc in con.subcons:
+        code, size = _code(sc)
+        codes.append(code)
+        name = sc.name if isinstance(sc, construct.Renamed) else None
+        if name is not None:
+            names.append(name)
+            fields.append(Field(name, off, size))
+        off += size
+    s = struct.Struct("<" + "".join(codes))
+    assert s.size == con.sizeof(), "struct and construct disagree on the record size"
+    return Layout(s, tuple(names), tuple(fields))
+
+
+_cache = {}
+
+
+def get_layout(name):
+    """Layout by record name, derived from construct once per process."""
+    lay = _cache.get(name)
+    if lay is None:
+        lay = _cache[name] = layout(LAYOUTS[name]())
+    return lay

@@ -1,0 +1,188 @@
+"""BPFObject: one object file taken all the way into the kernel, and the single owner of everything that
+creates (BTF fd, maps, programs, links, ring buffer mmaps). `close()` or the context manager releases it all,
+in reverse order, on every exit path.
+
+    with BPFObject(path, rodata={"target_tgid": os.getpid()}) as obj:
+        obj.attach()
+        rb = obj.ring_buffer("events")
+"""
+import errno
+import os
+import struct
+import sys
+
+from . import abi, attach as attach_mod, cache, maps as maps_mod, program as program_mod
+from .errors import KernelFeatureError, PytracerError, SyscallError
+from .ringbuf import RingBuffer
+from .spec import ObjectSpec
+from .syscall import Buffer, bpf, raise_from_oserror, raise_memlock_rlimit
+
+VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
+
+
+def prepare(path, use_cache=True):
+    """ObjectSpec relocated for the running kernel, plus the CO-RE failure messages (from cache if any)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise PytracerError(f"cannot read BPF object {path}: {e.strerror}") from None
+    key = cache.key_for(data) if use_cache else None
+    if key:
+        hit = cache.get(key)
+        if hit is not None:
+            try:
+                spec = ObjectSpec.from_dict(hit["spec"])
+                spec.path = path
+                return spec, hit["core_failures"]
+            except (KeyError, TypeError, ValueError):
+                pass  # an entry from another layout: rebuild it
+    from . import elf
+    from .btf import BTF
+    from .core import apply_core_relocations
+
+    spec = elf.read_object(data, path)
+    failures = []
+    if spec.programs and (any(p.core_relocs for p in spec.programs.values())
+                          or any(p.attach_kind == "tp_btf" for p in spec.programs.values())):
+        if not os.path.exists(VMLINUX_BTF):
+            raise KernelFeatureError(
+                f"this kernel exposes no BTF ({VMLINUX_BTF} is missing; it needs CONFIG_DEBUG_INFO_BTF=y, "
+                f"Linux 5.4+), so CO-RE relocation and BTF-typed tracepoints are impossible")
+        failures = apply_core_relocations(spec, BTF(spec.btf), BTF.load_vmlinux(VMLINUX_BTF)) or []
+    spec.relocated = True
+    if key:
+        cache.put(key, {"spec": spec.to_dict(), "core_failures": failures})
+    return spec, failures
+
+
+class BPFObject:
+    def __init__(self, path, rodata=None, map_max_entries=None, programs=None, use_cache=True):
+        """Load `path`: `rodata` sets `const volatile` globals, `map_max_entries` resizes maps (e.g. the
+        ring buffer), `programs` limits which programs are loaded (default: all)."""
+        self.path = path
+        self.maps = {}
+        self.programs = {}
+        self.links = []
+        self._ringbufs = []
+        self.btf_fd = -1
+        self._source_btf = None
+        try:
+            self._load(rodata or {}, map_max_entries or {}, programs, use_cache)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- loading ----------------------------------------------------------------------------------------
+    def _load(self, rodata, sizes, wanted, use_cache):
+        raise_memlock_rlimit()
+        self.spec, self.core_failures = prepare(self.path, use_cache)
+        spec = self.spec
+        if wanted is not None:
+            unknown = set(wanted) - set(spec.programs)
+            if unknown:
+                raise PytracerError(f"{self.path} has no program(s) {', '.join(sorted(unknown))}")
+        for name, n in sizes.items():
+            if name not in spec.maps:
+                raise PytracerError(f"{self.path} has no map '{name}'")
+            spec.maps[name].max_entries = n
+        if rodata:
+            ro = [m for m in spec.maps.values() if m.section == ".rodata"]
+            if not ro:
+                raise PytracerError(f"{self.path} has no .rodata section to configure")
+            maps_mod.patch_variables(ro[0], rodata)
+        self._load_btf(spec.btf)
+        for mspec in spec.maps.values():
+            m = maps_mod.Map.create(mspec)
+            self.maps[mspec.name] = m
+            if mspec.initial is not None and any(mspec.initial):
+                m.update(b"\0\0\0\0", mspec.initial)
+            if mspec.freeze:
+                m.freeze()
+        for name, pspec in spec.programs.items():
+            if wanted is not None and name not in wanted:
+                continue
+            self.programs[name] = program_mod.load(pspec, self.maps, self.btf_fd, spec.license,
+                                                   self._lazy_source_btf(), self.core_failures)
+
+    def _lazy_source_btf(self):
+        spec = self.spec
+
+        class _Lazy:
+            def string(_, off):
+                if self._source_btf is None:
+                    from .btf import BTF
+                    self._source_btf = BTF(spec.btf)
+                return self._source_btf.string(off)
+
+        return _Lazy()
+
+    def _load_btf(self, raw):
+        if not raw:
+            return
+        buf = Buffer(raw)
+        for log_size in (0, 1 << 20):
+            log = Buffer(log_size) if log_size else None
+            attr = struct.pack("<QQIII", buf.addr, log.addr if log else 0, len(raw), log_size, 1 if log else 0)
+            try:
+                self.btf_fd = bpf(abi.Cmd.BTF_LOAD, attr)
+                return
+            except OSError as e:
+                if e.errno in (errno.EPERM, errno.EACCES):
+                    raise_from_oserror("loading BTF", e)
+                if log is None:
+                    continue
+                text = log.raw.split(b"\0", 1)[0].decode("utf-8", "replace").strip()
+                # Programs still load without object BTF; only source lines in verifier logs are lost.
+                print(f"pytracer: warning: the kernel refused the object's BTF ({os.strerror(e.errno)}"
+                      f"{': ' + text.splitlines()[-1] if text else ''}); loading without line info",
+                      file=sys.stderr)
+                self.btf_fd = -1
+                return
+
+    # -- attaching and reading ---------------------------------------------------------------------------
+    def attach(self, names=None):
+        """Attach the named programs (default: every loaded one). Returns the new links."""
+        new = []
+        for name in (names if names is not None else list(self.programs)):
+            link = attach_mod.attach(self.programs[name])
+            self.links.append(link)
+            new.append(link)
+        return new
+
+    def ring_buffer(self, map_name):
+        m = self.maps[map_name]
+        if m.spec.map_type != abi.MapType.RINGBUF:
+            raise PytracerError(f"map '{map_name}' is not a ring buffer")
+        rb = RingBuffer(m.fd, m.spec.max_entries)
+        self._ringbufs.append(rb)
+        return rb
+
+    # -- lifetime ----------------------------------------------------------------------------------------
+    def close(self):
+        """Release everything, links first (so programs stop firing), then ring buffers, programs, maps."""
+        for group in (self.links, self._ringbufs):
+            while group:
+                group.pop().close()
+        for table in (self.programs, self.maps):
+            for obj in table.values():
+                obj.close()
+            table.clear()
+        if self.btf_fd >= 0:
+            os.close(self.btf_fd)
+            self.btf_fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+__all__ = ["BPFObject", "prepare", "SyscallError"]

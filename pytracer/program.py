@@ -1,0 +1,161 @@
+"""Program loading: map fds patched in, BPF_PROG_LOAD with BTF func/line info, verifier log on rejection."""
+import errno
+import os
+import re
+import struct
+
+from . import abi
+from .errors import KernelFeatureError, PytracerError, VerifierError
+from .maps import kernel_name
+from .syscall import Buffer, bpf, privilege_error, raise_from_oserror
+
+LOG_START = 1 << 20
+LOG_MAX = 1 << 28          # the kernel's own limit for log_size is UINT_MAX >> 2
+_INSN = struct.Struct("<BBhi")
+
+
+def relocate_maps(prog, maps):
+    """Return prog.insns with every ld_imm64 that names a map turned into a map fd / map value load."""
+    code = bytearray(prog.insns)
+    for r in prog.map_relocs:
+        m = maps.get(r.map_name)
+        if m is None:
+            raise PytracerError(f"program {prog.name} uses map '{r.map_name}' which was not created")
+        op, regs, off, _imm = _INSN.unpack_from(code, r.insn_index * 8)
+        src = abi.BPF_PSEUDO_MAP_VALUE if r.is_value else abi.BPF_PSEUDO_MAP_FD
+        _INSN.pack_into(code, r.insn_index * 8, op, (regs & 0x0F) | (src << 4), off, m.fd)
+        if r.is_value:
+            struct.pack_into("<i", code, r.insn_index * 8 + 12, r.offset)
+    return bytes(code)
+
+
+class Program:
+    """A loaded BPF program; owns its fd."""
+
+    def __init__(self, spec, fd):
+        self.spec = spec
+        self.name = spec.name
+        self.fd = fd
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def load(prog, maps, btf_fd, license_, source_btf=None, core_failures=()):
+    """Load one program. `source_btf` (a btf.BTF of the object) annotates a verifier rejection."""
+    insns = relocate_maps(prog, maps)
+    ibuf = Buffer(insns)
+    lbuf = Buffer(license_.encode() + b"\0")
+    fi = Buffer(prog.func_info) if (btf_fd >= 0 and prog.func_info) else None
+    li = Buffer(prog.line_info) if (btf_fd >= 0 and prog.line_info) else None
+
+    def attempt(log_level, log_size):
+        logbuf = Buffer(log_size) if log_size else None
+        fields = [
+            ("I", prog.prog_type), ("I", len(insns) // 8), ("Q", ibuf.addr), ("Q", lbuf.addr),
+            ("I", log_level), ("I", log_size), ("Q", logbuf.addr if logbuf else 0),
+            ("I", 0), ("I", 0), ("16s", kernel_name(prog.name)), ("I", 0),
+            ("I", prog.expected_attach_type),
+        ]
+        if btf_fd >= 0:
+            fields += [("I", btf_fd), ("I", prog.func_info_rec_size if fi else 0), ("Q", fi.addr if fi else 0),
+                       ("I", len(prog.func_info) // prog.func_info_rec_size if fi else 0),
+                       ("I", prog.line_info_rec_size if li else 0), ("Q", li.addr if li else 0),
+                       ("I", len(prog.line_info) // prog.line_info_rec_size if li else 0)]
+        elif prog.attach_btf_id:
+            fields += [("I", 0), ("I", 0), ("Q", 0), ("I", 0), ("I", 0), ("Q", 0), ("I", 0)]
+        if prog.attach_btf_id:
+            fields += [("I", prog.attach_btf_id)]
+        attr = struct.pack("<" + "".join(f for f, _ in fields), *(v for _, v in fields))
+        try:
+            return bpf(abi.Cmd.PROG_LOAD, attr), None
+        except OSError as e:
+            log = logbuf.raw.split(b"\0", 1)[0].decode("utf-8", "replace") if logbuf else ""
+            return None, (e, log)
+
+    fd, failure = attempt(0, 0)
+    if fd is not None:
+        return Program(prog, fd)
+    err, _ = failure
+    if err.errno in (errno.EPERM,):
+        raise privilege_error(f"loading BPF program {prog.name}", err.errno)
+    if err.errno not in (errno.EINVAL, errno.EACCES, errno.E2BIG, errno.ENOSPC):
+        raise_from_oserror(f"loading BPF program {prog.name}", err)
+    # Rejected: load again with a verifier log, growing the buffer until the whole log fits.
+    size = LOG_START
+    while True:
+        fd, failure = attempt(1, size)
+        if fd is not None:  # accepted the second time (rare: resource pressure); keep it
+            return Program(prog, fd)
+        err, log = failure
+        if err.errno == errno.ENOSPC and size < LOG_MAX:
+            size *= 4
+            continue
+        break
+    if err.errno == errno.EINVAL and not log:
+        if prog.attach_kind == "tp_btf":
+            raise KernelFeatureError(
+                f"the kernel refused BTF-typed tracepoint program {prog.name} (tp_btf, Linux 5.5+ with "
+                f"/sys/kernel/btf/vmlinux)") from None
+        raise PytracerError(f"the kernel refused program {prog.name} ({prog.section}): invalid argument "
+                            f"and no verifier log") from None
+    raise VerifierError(summarise_rejection(prog, log, source_btf, core_failures),
+                        annotate_log(log)) from None
+
+
+_INSN_LINE = re.compile(r"^(\d+): \(")
+
+
+def summarise_rejection(prog, log, source_btf, core_failures):
+    """One sentence: which program, the verifier's last complaint, and the C line it points at."""
+    lines = [ln for ln in log.strip().splitlines() if ln.strip()]
+    reason = ""
+    for ln in reversed(lines):
+        if not ln.startswith(("processed ", "verification time", "stack depth", ";")) and \
+                not _INSN_LINE.match(ln):
+            reason = ln.strip()
+            break
+    last_insn = None
+    for ln in reversed(lines):
+        m = _INSN_LINE.match(ln)
+        if m:
+            last_insn = int(m.group(1))
+            break
+    where = source_line(prog, last_insn, source_btf) if last_insn is not None else None
+    msg = f"the kernel verifier rejected program {prog.name} ({prog.section})"
+    if reason:
+        msg += f": {reason}"
+    if where:
+        msg += f"\n  at {where}"
+    poisoned = abi.CORE_POISON_HELPER
+    if core_failures and (str(poisoned) in log or "invalid func unknown#" in log):
+        msg += "\n  because a CO-RE relocation failed: " + "; ".join(core_failures)
+    return msg + "\nverifier log:"
+
+
+def source_line(prog, insn_index, btf):
+    """'file:line: source text' for an instruction, from the program's BTF line info."""
+    if btf is None or not prog.line_info:
+        return None
+    best = None
+    for off in range(0, len(prog.line_info), prog.line_info_rec_size):
+        insn_off, file_off, line_off, col = struct.unpack_from("<IIII", prog.line_info, off)
+        if insn_off > insn_index:
+            break
+        best = (file_off, line_off, col)
+    if best is None:
+        return None
+    try:
+        fname = btf.string(best[0])
+        text = btf.string(best[1]).strip()
+    except PytracerError:
+        return None
+    return f"{fname}:{best[2] >> 10}: {text}"
+
+
+def annotate_log(log):
+    """The kernel already interleaves '; source line @ file:line' comments when line info was loaded;
+    we only indent the log so it reads as a block under the summary."""
+    return "\n".join("    " + ln for ln in log.rstrip().splitlines()[-200:])

@@ -1,0 +1,346 @@
+"""TcpSnoop: the embeddable TCP tracer (the Python API behind `python -m pytracer`).
+
+    from pytracer.tcpsnoop import TcpSnoop
+    with TcpSnoop(ports=[8080]) as snoop:
+        for ev in snoop.events(duration=5):
+            print(ev.event, ev.pid, ev.comm, ev.raddr, ev.size)
+
+Kernel records (one per segment, accept, reset or close) become "lines": tuples in LINE_FIELDS order, one per
+line tcpsnoop would print. The CLI formats lines straight from tuples (fast); API users get Event objects.
+"""
+import os
+import socket
+import time
+from collections import OrderedDict
+
+from . import abi, events as ev_mod
+from .errors import PytracerError
+
+OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf", "tcpsnoop.bpf.o")
+MAX_PIDS = 8
+MAX_PORTS = 8
+DEFAULT_RINGBUF = 8 << 20
+PENDING_MAX_SOCKETS = 4096
+PENDING_MAX_PER_SOCKET = 1024
+
+# A line: what one printed line / JSON object holds, in this order.
+LINE_FIELDS = ("ts", "event", "dir", "pid", "uid", "comm", "family", "laddr", "lport", "raddr", "rport",
+               "size", "payload", "netns", "tx_bytes", "rx_bytes", "duration_ms")
+EVENT_NAMES = {ev_mod.EV_CONNECT: "connect", ev_mod.EV_ACCEPT: "accept", ev_mod.EV_SEND: "send",
+               ev_mod.EV_RECV: "recv", ev_mod.EV_RESET: "reset", ev_mod.EV_CLOSE: "close"}
+# tcpsnoop printed handshake packets with a fixed size: IP header + 20-byte TCP header + 14 (Ethernet)
+HANDSHAKE_SIZE = {4: 54, 6: 74}
+
+
+class Event:
+    """One traced packet, connection event or loss report (see README, "JSON schema")."""
+
+    __slots__ = LINE_FIELDS + ("count",)
+
+    def __init__(self, line=None, count=None):
+        if line is not None:
+            for k, v in zip(LINE_FIELDS, line):
+                setattr(self, k, v)
+            self.count = None
+        else:
+            for k in LINE_FIELDS:
+                setattr(self, k, None)
+            self.event, self.ts, self.count = "lost", time.time(), count
+
+    def as_dict(self):
+        if self.event == "lost":
+            return {"ts": self.ts, "event": "lost", "count": self.count}
+        d = {k: getattr(self, k) for k in LINE_FIELDS}
+        if self.event != "close":
+            for k in ("tx_bytes", "rx_bytes", "duration_ms"):
+                del d[k]
+        return d
+
+    def __repr__(self):
+        return f"Event({self.as_dict()!r})"
+
+
+def escape_comm(raw):
+    """A task name as printable text: it is chosen by the traced process (prctl), so control characters,
+    escape sequences and invalid UTF-8 are shown as \\xNN escapes, never passed to the terminal."""
+    raw = raw.split(b"\0", 1)[0]
+    text = raw.decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else "\\x%02x" % ord(c) if ord(c) < 256 else c.encode(
+        "unicode_escape").decode() for c in text)
+
+
+class Filters:
+    """What to trace. Evaluated in the kernel on each socket's owner (see tcpsnoop.bpf.c)."""
+
+    def __init__(self, pids=(), uid=None, comm=None, ports=(), family=None, cgroup=None, no_data=False):
+        self.pids = [int(p) for p in pids]
+        self.uid = uid
+        self.comm = comm
+        self.ports = [int(p) for p in ports]
+        self.family = family
+        self.cgroup = cgroup
+        self.no_data = no_data
+        if len(self.pids) > MAX_PIDS:
+            raise PytracerError(f"at most {MAX_PIDS} --pid filters")
+        if len(self.ports) > MAX_PORTS:
+            raise PytracerError(f"at most {MAX_PORTS} --port filters")
+        if any(not 0 < p < 65536 for p in self.ports):
+            raise PytracerError("ports must be between 1 and 65535")
+        if family not in (None, 4, 6):
+            raise PytracerError("family must be 4 or 6")
+        if comm is not None and len(comm.encode()) > 15:
+            raise PytracerError("--comm matches the kernel's task name, at most 15 bytes")
+
+    @property
+    def by_owner(self):
+        return bool(self.pids or self.uid is not None or self.comm is not None or self.cgroup)
+
+    def rodata(self):
+        vals = {"no_data": int(self.no_data)}
+        if self.pids:
+            vals["filter_pids"] = b"".join(p.to_bytes(4, "little") for p in self.pids)
+            vals["n_pids"] = len(self.pids)
+        if self.uid is not None:
+            vals["filter_uid"] = self.uid
+            vals["has_uid"] = 1
+        if self.comm is not None:
+            vals["filter_comm"] = self.comm.encode()
+            vals["has_comm"] = 1
+        if self.ports:
+            vals["filter_ports"] = b"".join(p.to_bytes(2, "little") for p in self.ports)
+            vals["n_ports"] = len(self.ports)
+        if self.family:
+            vals["filter_family"] = abi.AF_INET if self.family == 4 else abi.AF_INET6
+        if self.cgroup:
+            cg_id, level = cgroup_id_and_level(self.cgroup)
+            vals["filter_cgroup"] = cg_id
+            vals["filter_cgroup_level"] = level
+        return vals
+
+
+def cgroup_id_and_level(path):
+    """cgroup v2 id (the directory's inode number) and its depth below the root, for --cgroup."""
+    root = "/sys/fs/cgroup"
+    full = path if path.startswith(root) else os.path.join(root, path.lstrip("/"))
+    try:
+        st = os.stat(full)
+    except OSError as e:
+        raise PytracerError(f"--cgroup {path}: {e.strerror} ({full})") from None
+    if not os.path.exists(os.path.join(root, "cgroup.controllers")):
+        raise PytracerError("--cgroup needs the unified cgroup v2 hierarchy mounted at /sys/fs/cgroup")
+    rel = os.path.relpath(os.path.realpath(full), root)
+    level = 0 if rel == "." else len(rel.split(os.sep))
+    return st.st_ino, level
+
+
+class TcpSnoop:
+    """Load, attach, read. Use as a context manager (or call close()): every kernel object is released."""
+
+    def __init__(self, pids=(), uid=None, comm=None, ports=(), family=None, cgroup=None, no_data=False,
+                 ringbuf_size=DEFAULT_RINGBUF, object_path=OBJECT, use_cache=True):
+        self.filters = Filters(pids, uid, comm, ports, family, cgroup, no_data)
+        self.ringbuf_size = ringbuf_size
+        self.object_path = object_path
+        self.use_cache = use_cache
+        self.obj = None
+        self.lost_kernel = 0        # records the BPF side could not reserve (ring buffer full)
+        self.lost_pending = 0       # records dropped from the bounded pre-accept buffer
+        self._reported_lost = 0
+        self._pending = OrderedDict()   # sk -> [lines whose owner is not known yet]
+        self._addr_cache = {}
+        self._comm_cache = {}
+        self.fallbacks = []         # human-readable notes about kernel features we worked around
+        self.started = False
+
+    # -- lifetime --------------------------------------------------------------------------------------
+    def start(self):
+        from .attach import tracepoint_exists
+        from .loader import BPFObject
+
+        if self.started:
+            return self
+        programs = None
+        self.obj = BPFObject(self.object_path, rodata=self.filters.rodata(),
+                             map_max_entries={"events": self.ringbuf_size}, programs=programs,
+                             use_cache=self.use_cache)
+        try:
+            wanted = self._choose_programs(tracepoint_exists)
+            self.obj.attach(wanted)
+            self.rb = self.obj.ring_buffer("events")
+            layout = ev_mod.get_layout("tcpsnoop_event")
+            self._record = layout.struct
+            self._lost_map = self.obj.maps["lost"]
+            self._epoch = time.time() - time.monotonic()
+        except BaseException:
+            self.close()
+            raise
+        self.started = True
+        return self
+
+    def _choose_programs(self, tracepoint_exists):
+        """Every program, except the syscall-based owner refresh when the kernel has sock_send_length
+        (Linux 6.3+), which does the same job at a fraction of the cost."""
+        progs = self.obj.programs
+        have_sock_len = tracepoint_exists("sock/sock_send_length") and tracepoint_exists("sock/sock_recv_length")
+        chosen = []
+        for name, prog in progs.items():
+            kind, target = prog.spec.attach_kind, prog.spec.attach_target
+            if kind == "tracepoint" and target.startswith("sock/sock_") and target.endswith("_length"):
+                if not have_sock_len:
+                    continue
+            if kind == "tracepoint" and target.startswith("syscalls/sys_enter_"):
+                if have_sock_len:
+                    continue
+            if kind == "tracepoint" and not tracepoint_exists(target):
+                raise PytracerError(f"this kernel has no tracepoint {target.replace('/', ':')}, which "
+                                    f"pytracer needs ({prog.name})")
+            chosen.append(name)
+        if not have_sock_len:
+            self.fallbacks.append("sock:sock_send_length is missing (Linux < 6.3): process attribution "
+                                  "uses syscall tracepoints instead")
+        return chosen
+
+    def close(self):
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None
+        self.started = False
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def poll_lines(self, timeout=None):
+        """Wait up to `timeout` seconds, then return the lines of every record read (maybe none)."""
+        out = []
+        if self.rb.poll(timeout):
+            self.convert(self.rb.read(self._record), out)
+        return out
+
+    def drain_lines(self):
+        out = []
+        self.convert(self.rb.read(self._record), out)
+        return out
+
+    def new_losses(self):
+        """Records lost since the last call (kernel ring buffer full + pre-accept buffer overflow)."""
+        if self.obj is None:
+            return 0
+        self.lost_kernel = self._lost_map.sum_percpu_u64()
+        total = self.lost_kernel + self.lost_pending
+        delta, self._reported_lost = total - self._reported_lost, total
+        return delta
+
+    def events(self, duration=None, timeout=0.25):
+        """Yield Event objects until `duration` seconds have passed (forever if None); losses appear as
+        Event(event="lost")."""
+        if not self.started:
+            self.start()
+        end = None if duration is None else time.monotonic() + duration
+        while end is None or time.monotonic() < end:
+            wait = timeout if end is None else max(0.0, min(timeout, end - time.monotonic()))
+            for line in self.poll_lines(wait):
+                yield Event(line)
+            lost = self.new_losses()
+            if lost:
+                yield Event(count=lost)
+        for line in self.drain_lines():
+            yield Event(line)
+        lost = self.new_losses()
+        if lost:
+            yield Event(count=lost)
+
+    # -- record -> lines -------------------------------------------------------------------------------
+    def _addr(self, family, raw):
+        key = (family, raw)
+        s = self._addr_cache.get(key)
+        if s is None:
+            if family == abi.AF_INET:
+                s = (4, socket.inet_ntop(socket.AF_INET, raw[:4]))
+            elif raw[:12] == b"\0" * 10 + b"\xff\xff":   # IPv4-mapped IPv6 prints as IPv4
+                s = (4, socket.inet_ntop(socket.AF_INET, raw[12:16]))
+            else:
+                s = (6, socket.inet_ntop(socket.AF_INET6, raw))
+            if len(self._addr_cache) > 65536:
+                self._addr_cache.clear()
+            self._addr_cache[key] = s
+        return s
+
+    def _comm(self, raw):
+        s = self._comm_cache.get(raw)
+        if s is None:
+            if len(self._comm_cache) > 65536:
+                self._comm_cache.clear()
+            s = self._comm_cache[raw] = escape_comm(raw)
+        return s
+
+    def convert(self, records, out):
+        """Turn decoded kernel records (tuples in tcpsnoop_event order) into lines appended to `out`."""
+        epoch = self._epoch
+        pending = self._pending
+        for (ts_ns, sk, _cg, tx, rx, start_ns, pid, uid, netns, size, payload, lport, rport, laddr, raddr,
+             family, etype, direction, _flags, attr, comm) in records:
+            fam, la = self._addr(family, laddr)
+            ra = self._addr(family, raddr)[1]
+            ts = epoch + ts_ns / 1e9
+            name = self._comm(comm)
+            if etype == ev_mod.EV_SEND or etype == ev_mod.EV_RECV or etype == ev_mod.EV_CONNECT or \
+                    etype == ev_mod.EV_RESET:
+                if etype == ev_mod.EV_CONNECT:
+                    size = HANDSHAKE_SIZE[fam]   # as tcpsnoop printed the SYN
+                line = (ts, EVENT_NAMES[etype], "in" if direction else "out", pid, uid, name, fam, la, lport,
+                        ra, rport, size, payload, netns, None, None, None)
+                if attr & ev_mod.ATTR_OWNER_UNKNOWN:
+                    self._hold(sk, line)
+                    continue
+                if sk in pending:
+                    self._flush(sk, pid, uid, name, out)
+                out.append(line)
+            elif etype == ev_mod.EV_ACCEPT:
+                hs = HANDSHAKE_SIZE[fam]
+                t0 = epoch + start_ns / 1e9 if start_ns else ts
+                for d in ("in", "out", "in"):
+                    out.append((t0, "accept", d, pid, uid, name, fam, la, lport, ra, rport, hs, 0, netns,
+                                None, None, None))
+                self._flush(sk, pid, uid, name, out)
+            elif etype == ev_mod.EV_CLOSE:
+                if attr & ev_mod.ATTR_OWNER_UNKNOWN:
+                    held = pending.pop(sk, None)
+                    if self.filters.by_owner:
+                        continue  # never accepted, so its owner cannot be matched against the filter
+                    if held:
+                        out.extend(held)
+                dur = (ts_ns - start_ns) / 1e6 if start_ns else None
+                out.append((ts, "close", "out", pid, uid, name, fam, la, lport, ra, rport, 0, 0, netns,
+                            tx, rx, dur))
+            elif etype == ev_mod.EV_RESET_CLOSED_PORT:
+                hs = HANDSHAKE_SIZE[fam]
+                out.append((ts, "recv", "in", 0, 0, "", fam, la, lport, ra, rport, hs, 0, netns, None, None,
+                            None))
+                out.append((ts, "reset", "out", 0, 0, "", fam, la, lport, ra, rport, hs, 0, netns, None, None,
+                            None))
+
+    def _hold(self, sk, line):
+        held = self._pending.get(sk)
+        if held is None:
+            if len(self._pending) >= PENDING_MAX_SOCKETS:
+                _, dropped = self._pending.popitem(last=False)
+                self.lost_pending += len(dropped)
+            held = self._pending[sk] = []
+        if len(held) >= PENDING_MAX_PER_SOCKET:
+            self.lost_pending += 1
+            return
+        held.append(line)
+
+    def _flush(self, sk, pid, uid, name, out):
+        # The record that names the owner passed the kernel's owner filter, so the held lines may show.
+        held = self._pending.pop(sk, None)
+        if not held:
+            return
+        for line in held:
+            out.append(line[:3] + (pid, uid, name) + line[6:])

@@ -1,0 +1,83 @@
+"""Shared test fixtures. Kernel tests run against the real kernel; where it cannot (not root, no BPF), they
+skip — unless PYTRACER_REQUIRE_KERNEL=1 (set by .ci/run), which turns every such skip into a failure."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OBJDIR = os.path.join(ROOT, "pytracer", "bpf")
+REQUIRE = os.environ.get("PYTRACER_REQUIRE_KERNEL") == "1"
+
+
+def kernel_unavailable(reason):
+    """Skip for lack of kernel support, or fail when the kernel is required."""
+    if REQUIRE:
+        pytest.fail(f"kernel test could not run (PYTRACER_REQUIRE_KERNEL=1): {reason}")
+    pytest.skip(reason)
+
+
+def _kernel_reason():
+    if os.geteuid() != 0:
+        return "kernel tests need root"
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        return "kernel has no BTF"
+    try:
+        from pytracer import inventory
+
+        inventory.ids("prog")
+    except Exception as e:  # noqa: BLE001 - any failure means no usable bpf()
+        return f"bpf() unusable: {e}"
+    return None
+
+
+_REASON = None
+_CHECKED = False
+
+
+@pytest.fixture
+def kernel():
+    """Depend on this fixture in every test that needs the real kernel."""
+    global _REASON, _CHECKED
+    if not _CHECKED:
+        _REASON, _CHECKED = _kernel_reason(), True
+    if _REASON:
+        kernel_unavailable(_REASON)
+
+
+@pytest.fixture
+def no_leaks(kernel):
+    """Asserts the test leaves no BPF program, map or link behind."""
+    from pytracer import inventory
+
+    before = inventory.snapshot()
+    yield
+    after = inventory.snapshot()
+    for kind in ("prog", "map", "link"):
+        leaked = after[kind] - before[kind]
+        assert not leaked, f"leaked BPF {kind} ids {sorted(leaked)}"
+
+
+def obj_path(name):
+    return os.path.join(OBJDIR, f"{name}.bpf.o")
+
+
+def need_tool(name):
+    if shutil.which(name) is None:
+        kernel_unavailable(f"{name} is not installed")
+
+
+def pytracer_cmd(*args):
+    return [sys.executable, "-m", "pytracer", *args]
+
+
+def run_env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def sh(cmd, check=True):
+    return subprocess.run(cmd, shell=isinstance(cmd, str), check=check, capture_output=True, text=True)

@@ -1,0 +1,132 @@
+"""Real TCP peers for the end-to-end tests, run as separate processes with names of their own.
+
+    python peers.py server NAME FAMILY HOST PORT RECV SEND      accept one connection, read RECV, send SEND
+    python peers.py client NAME FAMILY HOST PORT SEND RECV      connect, send SEND, read RECV
+    python peers.py inetd NAME FAMILY HOST PORT HANDLER_NAME RECV SEND   accept, fork+exec a handler on fd 0
+    python peers.py handler NAME RECV SEND                      (exec'd by inetd) I/O on fd 0
+    python peers.py fdpass NAME FAMILY HOST PORT RECEIVER_NAME RECV SEND accept, pass the fd over a unix socket
+
+Every process prints "PID <name> <pid>" and, for listeners, "LISTEN <port>" on stdout, line-buffered.
+"""
+import array
+import ctypes
+import os
+import socket
+import sys
+
+PR_SET_NAME = 15
+
+
+def set_name(name):
+    ctypes.CDLL(None).prctl(PR_SET_NAME, name.encode(), 0, 0, 0)
+    print(f"PID {name} {os.getpid()}", flush=True)
+
+
+def family_of(f):
+    return socket.AF_INET6 if f == "6" else socket.AF_INET
+
+
+def recv_exactly(sock, n):
+    got = 0
+    while got < n:
+        chunk = sock.recv(min(65536, n - got))
+        if not chunk:
+            break
+        got += len(chunk)
+    return got
+
+
+def send_all(sock, n):
+    block = b"x" * 65536
+    left = n
+    while left > 0:
+        left -= sock.send(block[:min(left, len(block))])
+
+
+def listener(fam, host, port):
+    s = socket.socket(family_of(fam), socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, int(port)))
+    s.listen(16)
+    print(f"LISTEN {s.getsockname()[1]}", flush=True)
+    return s
+
+
+def wait_go():
+    """Block until the test writes a line on stdin (so it can start tracing first)."""
+    sys.stdin.readline()
+
+
+def server(name, fam, host, port, nrecv, nsend):
+    set_name(name)
+    ls = listener(fam, host, port)
+    c, _ = ls.accept()
+    recv_exactly(c, int(nrecv))
+    send_all(c, int(nsend))
+    c.shutdown(socket.SHUT_WR)
+    recv_exactly(c, 1)   # wait for the peer's FIN
+    c.close()
+    ls.close()
+
+
+def client(name, fam, host, port, nsend, nrecv):
+    set_name(name)
+    wait_go()
+    c = socket.create_connection((host, int(port)))
+    send_all(c, int(nsend))
+    recv_exactly(c, int(nrecv))
+    c.close()
+
+
+def inetd(name, fam, host, port, handler_name, nrecv, nsend):
+    set_name(name)
+    ls = listener(fam, host, port)
+    c, _ = ls.accept()
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(c.fileno(), 0)
+        os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), "handler", handler_name, nrecv, nsend])
+    c.close()
+    ls.close()
+    os.waitpid(pid, 0)
+
+
+def handler(name, nrecv, nsend):
+    set_name(name)
+    c = socket.socket(fileno=0)
+    recv_exactly(c, int(nrecv))
+    send_all(c, int(nsend))
+    c.shutdown(socket.SHUT_WR)
+    recv_exactly(c, 1)
+    c.close()
+
+
+def fdpass(name, fam, host, port, receiver_name, nrecv, nsend):
+    set_name(name)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:  # the receiver: gets the connection over the unix socket and does all the I/O
+        a.close()
+        set_name(receiver_name)
+        msg, anc, _flags, _addr = b.recvmsg(1, socket.CMSG_LEN(4))
+        fds = array.array("i")
+        fds.frombytes(anc[0][2][:4])
+        c = socket.socket(fileno=fds[0])
+        recv_exactly(c, int(nrecv))
+        send_all(c, int(nsend))
+        c.shutdown(socket.SHUT_WR)
+        recv_exactly(c, 1)
+        c.close()
+        os._exit(0)
+    b.close()
+    ls = listener(fam, host, port)
+    c, _ = ls.accept()
+    a.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [c.fileno()]))])
+    c.close()
+    ls.close()
+    os.waitpid(pid, 0)
+
+
+if __name__ == "__main__":
+    mode, args = sys.argv[1], sys.argv[2:]
+    {"server": server, "client": client, "inetd": inetd, "handler": handler, "fdpass": fdpass}[mode](*args)
