@@ -1,6 +1,6 @@
 """Kernel ABI numbers, named once, here.  Sources: include/uapi/linux/{bpf,btf,perf_event}.h."""
 import enum
-import platform
+import os
 
 # --- syscall numbers (bpf and perf_event_open are not in the C library's public API) --------------------
 _SYSCALLS = {
@@ -10,7 +10,7 @@ _SYSCALLS = {
     "ppc64le": {"bpf": 361, "perf_event_open": 319},
     "s390x": {"bpf": 351, "perf_event_open": 331},
 }
-MACHINE = platform.machine()
+MACHINE = os.uname().machine
 SYSCALLS = _SYSCALLS.get(MACHINE, {})
 
 

@@ -102,8 +102,27 @@ _cache = {}
 
 
 def get_layout(name):
-    """Layout by record name, derived from construct once per process."""
+    """Layout by record name, derived from construct once, then kept in this process and in the on-disk
+    cache (keyed by this file's text), so a warm start does not import construct at all."""
     lay = _cache.get(name)
+    if lay is not None:
+        return lay
+    from . import cache
+
+    try:
+        with open(__file__, "rb") as f:
+            key = cache.key_for(f.read(), extra="layout:" + name)
+    except OSError:
+        key = None
+    hit = cache.get(key) if key else None
+    if hit is not None:
+        try:
+            lay = Layout(struct.Struct(hit["format"]), tuple(hit["names"]), tuple(Field(*f) for f in hit["fields"]))
+        except (KeyError, TypeError, ValueError, struct.error):
+            lay = None
     if lay is None:
-        lay = _cache[name] = layout(LAYOUTS[name]())
+        lay = layout(LAYOUTS[name]())
+        if key:
+            cache.put(key, {"format": lay.struct.format, "names": lay.names, "fields": lay.fields})
+    _cache[name] = lay
     return lay

@@ -59,7 +59,8 @@ def prepare(path, use_cache=True):
 class BPFObject:
     def __init__(self, path, rodata=None, map_max_entries=None, programs=None, use_cache=True):
         """Load `path`: `rodata` sets `const volatile` globals, `map_max_entries` resizes maps (e.g. the
-        ring buffer), `programs` limits which programs are loaded (default: all)."""
+        ring buffer), `programs` limits which programs are loaded: names, or a predicate on ProgramSpec
+        (default: all). Programs that will not be attached are best not loaded: verifying costs time."""
         self.path = path
         self.maps = {}
         self.programs = {}
@@ -78,6 +79,8 @@ class BPFObject:
         raise_memlock_rlimit()
         self.spec, self.core_failures = prepare(self.path, use_cache)
         spec = self.spec
+        if callable(wanted):
+            wanted = [name for name, p in spec.programs.items() if wanted(p)]
         if wanted is not None:
             unknown = set(wanted) - set(spec.programs)
             if unknown:

@@ -4,14 +4,49 @@ The pipeline is ELF reading (elf.py) -> ObjectSpec -> CO-RE relocation (core.py)
 A relocated ObjectSpec depends only on the object and the running kernel, so it is what cache.py stores;
 it therefore holds only bytes, ints, strings, lists and dicts (to_dict/from_dict round-trip exactly).
 """
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
-
 INSN_SIZE = 8
 
 
-@dataclass
-class CoreReloSpec:
+class _Record:
+    """A small record class: FIELDS lists (name, default); defaults that are lists/dicts are copied.
+    (Not dataclasses: importing them costs ~10 ms, a tenth of the warm-start budget.)"""
+
+    FIELDS = ()
+    __slots__ = ()
+
+    def __init__(self, *args, **kwargs):
+        names = [n for n, _ in self.FIELDS]
+        if len(args) > len(names):
+            raise TypeError(f"{type(self).__name__} takes at most {len(names)} arguments")
+        values = dict(zip(names, args))
+        for k, v in kwargs.items():
+            if k not in names or k in values:
+                raise TypeError(f"{type(self).__name__}: bad or repeated argument {k!r}")
+            values[k] = v
+        for n, default in self.FIELDS:
+            if n in values:
+                v = values[n]
+            elif default is _REQUIRED:
+                raise TypeError(f"{type(self).__name__} needs {n!r}")
+            else:
+                v = type(default)() if isinstance(default, (list, dict)) else default
+            setattr(self, n, v)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and all(getattr(self, n) == getattr(other, n) for n, _ in self.FIELDS)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n, _ in self.FIELDS)})"
+
+
+_REQUIRED = object()
+
+
+def _fields(*pairs):
+    return tuple((p, _REQUIRED) if isinstance(p, str) else p for p in pairs)
+
+
+class CoreReloSpec(_Record):
     """One CO-RE relocation, already re-based onto the linked program.
 
     insn_index: index (in 8-byte instructions) into ProgramSpec.insns.
@@ -20,69 +55,65 @@ class CoreReloSpec:
     kind: BPF_CORE_* relocation kind (abi.CoreReloKind).
     """
 
-    insn_index: int
-    type_id: int
-    access: str
-    kind: int
+    FIELDS = _fields("insn_index", "type_id", "access", "kind")
+    __slots__ = tuple(n for n, _ in FIELDS)
 
 
-@dataclass
-class MapRelocSpec:
+class MapRelocSpec(_Record):
     """An ld_imm64 at insn_index that must receive the fd of map `map_name`.
 
     For global data (.rodata/.data/.bss) `offset` is the byte offset of the symbol inside the section and
     the instruction becomes BPF_PSEUDO_MAP_VALUE (fd + offset); for a plain map it is BPF_PSEUDO_MAP_FD.
     """
 
-    insn_index: int
-    map_name: str
-    offset: int = 0
-    is_value: bool = False
+    FIELDS = _fields("insn_index", "map_name", ("offset", 0), ("is_value", False))
+    __slots__ = tuple(n for n, _ in FIELDS)
 
 
-@dataclass
-class ProgramSpec:
-    name: str                       # function name (symbol), also the kernel program name (truncated)
-    section: str                    # e.g. "tracepoint/sock/inet_sock_set_state"
-    prog_type: int                  # abi.ProgType
-    expected_attach_type: int = 0   # abi.AttachType
-    attach_kind: str = ""           # "tracepoint" | "tp_btf" | "raw_tracepoint"
-    attach_target: str = ""         # "sock/inet_sock_set_state" or "net_dev_queue"
-    insns: bytes = b""              # linked program (main function followed by the subprograms it calls)
-    map_relocs: List[MapRelocSpec] = field(default_factory=list)
-    core_relocs: List[CoreReloSpec] = field(default_factory=list)   # emptied by core.py once applied
-    func_info: bytes = b""          # packed bpf_func_info records (insn_off in instructions)
-    func_info_rec_size: int = 8
-    line_info: bytes = b""          # packed bpf_line_info records (insn_off in instructions)
-    line_info_rec_size: int = 16
-    attach_btf_id: int = 0          # vmlinux BTF id of btf_trace_<name> for tp_btf (set by core.py)
+class ProgramSpec(_Record):
+    FIELDS = _fields(
+        "name",                     # function name (symbol), also the kernel program name (truncated)
+        "section",                  # e.g. "tracepoint/sock/inet_sock_set_state"
+        "prog_type",                # abi.ProgType
+        ("expected_attach_type", 0),  # abi.AttachType
+        ("attach_kind", ""),        # "tracepoint" | "tp_btf" | "raw_tracepoint"
+        ("attach_target", ""),      # "sock/inet_sock_set_state" or "net_dev_queue"
+        ("insns", b""),             # linked program (main function followed by the subprograms it calls)
+        ("map_relocs", []),         # [MapRelocSpec]
+        ("core_relocs", []),        # [CoreReloSpec], emptied by core.py once applied
+        ("func_info", b""),         # packed bpf_func_info records (insn_off in instructions)
+        ("func_info_rec_size", 8),
+        ("line_info", b""),         # packed bpf_line_info records (insn_off in instructions)
+        ("line_info_rec_size", 16),
+        ("attach_btf_id", 0),       # vmlinux BTF id of btf_trace_<name> for tp_btf (set by core.py)
+    )
+    __slots__ = tuple(n for n, _ in FIELDS)
 
 
-@dataclass
-class MapSpec:
-    name: str
-    map_type: int                   # abi.MapType
-    key_size: int
-    value_size: int
-    max_entries: int
-    flags: int = 0
-    btf_key_type_id: int = 0
-    btf_value_type_id: int = 0
-    section: str = ".maps"          # ".maps", ".rodata", ".data", ".bss"
-    initial: Optional[bytes] = None  # initial contents (global data); .bss is all zero
-    freeze: bool = False            # .rodata is frozen after it is filled
-    # Global data: variable name -> (offset, size, BTF type id) so Python can write `const volatile` settings.
-    variables: Dict[str, Tuple[int, int, int]] = field(default_factory=dict)
+class MapSpec(_Record):
+    FIELDS = _fields(
+        "name", "map_type", "key_size", "value_size", "max_entries",   # map_type: abi.MapType
+        ("flags", 0),
+        ("btf_key_type_id", 0),
+        ("btf_value_type_id", 0),
+        ("section", ".maps"),       # ".maps", ".rodata", ".data", ".bss"
+        ("initial", None),          # initial contents (global data); .bss is all zero
+        ("freeze", False),          # .rodata is frozen after it is filled
+        # global data: variable name -> (offset, size, BTF type id), so `const volatile` settings can be set
+        ("variables", {}),
+    )
+    __slots__ = tuple(n for n, _ in FIELDS)
 
 
-@dataclass
-class ObjectSpec:
-    path: str
-    license: str
-    programs: Dict[str, ProgramSpec]
-    maps: Dict[str, MapSpec]
-    btf: bytes = b""                # object BTF, ready for BPF_BTF_LOAD (DATASECs fixed up)
-    relocated: bool = False         # True once core.py has run against a kernel BTF
+class ObjectSpec(_Record):
+    FIELDS = _fields(
+        "path", "license",
+        "programs",                 # name -> ProgramSpec
+        "maps",                     # name -> MapSpec
+        ("btf", b""),               # object BTF, ready for BPF_BTF_LOAD (DATASECs fixed up)
+        ("relocated", False),       # True once core.py has run against a kernel BTF
+    )
+    __slots__ = tuple(n for n, _ in FIELDS)
 
     def to_dict(self):
         def conv(obj):
@@ -92,8 +123,8 @@ class ObjectSpec:
                 return [conv(o) for o in obj]
             if isinstance(obj, dict):
                 return {k: conv(v) for k, v in obj.items()}
-            if hasattr(obj, "__dataclass_fields__"):
-                return {k: conv(getattr(obj, k)) for k in obj.__dataclass_fields__}
+            if isinstance(obj, _Record):
+                return {k: conv(getattr(obj, k)) for k, _ in obj.FIELDS}
             return obj
 
         return conv(self)

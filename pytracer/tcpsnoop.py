@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 
 from . import abi, events as ev_mod
+from .attach import tracepoint_exists
 from .errors import PytracerError
 
 OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf", "tcpsnoop.bpf.o")
@@ -30,6 +31,20 @@ EVENT_NAMES = {ev_mod.EV_CONNECT: "connect", ev_mod.EV_ACCEPT: "accept", ev_mod.
                ev_mod.EV_RECV: "recv", ev_mod.EV_RESET: "reset", ev_mod.EV_CLOSE: "close"}
 # tcpsnoop printed handshake packets with a fixed size: IP header + 20-byte TCP header + 14 (Ethernet)
 HANDSHAKE_SIZE = {4: 54, 6: 74}
+
+
+def wanted_program(prog, have_sock_len):
+    """Which programs to load: the owner refresh comes from sock:sock_{send,recv}_length where the kernel
+    has them (Linux 6.3+), and from syscall tracepoints (much more costly: every read and write) otherwise."""
+    kind, target = prog.attach_kind, prog.attach_target
+    if kind == "tracepoint" and target.startswith("sock/sock_") and target.endswith("_length"):
+        return have_sock_len
+    if kind == "tracepoint" and target.startswith("syscalls/sys_enter_"):
+        return not have_sock_len
+    if kind == "tracepoint" and not tracepoint_exists(target):
+        raise PytracerError(f"this kernel has no tracepoint {target.replace('/', ':')}, which pytracer needs "
+                            f"({prog.name})")
+    return True
 
 
 class Event:
@@ -156,21 +171,21 @@ class TcpSnoop:
 
     # -- lifetime --------------------------------------------------------------------------------------
     def start(self):
-        from .attach import tracepoint_exists
         from .loader import BPFObject
 
         if self.started:
             return self
-        programs = None
+        have_sock_len = tracepoint_exists("sock/sock_send_length") and tracepoint_exists("sock/sock_recv_length")
+        if not have_sock_len:
+            self.fallbacks.append("sock:sock_send_length is missing (Linux < 6.3): process attribution "
+                                  "uses syscall tracepoints instead")
         self.obj = BPFObject(self.object_path, rodata=self.filters.rodata(),
-                             map_max_entries={"events": self.ringbuf_size}, programs=programs,
-                             use_cache=self.use_cache)
+                             map_max_entries={"events": self.ringbuf_size},
+                             programs=lambda p: wanted_program(p, have_sock_len), use_cache=self.use_cache)
         try:
-            wanted = self._choose_programs(tracepoint_exists)
-            self.obj.attach(wanted)
+            self.obj.attach()
             self.rb = self.obj.ring_buffer("events")
-            layout = ev_mod.get_layout("tcpsnoop_event")
-            self._record = layout.struct
+            self._record = ev_mod.get_layout("tcpsnoop_event").struct
             self._lost_map = self.obj.maps["lost"]
             self._epoch = time.time() - time.monotonic()
         except BaseException:
@@ -178,29 +193,6 @@ class TcpSnoop:
             raise
         self.started = True
         return self
-
-    def _choose_programs(self, tracepoint_exists):
-        """Every program, except the syscall-based owner refresh when the kernel has sock_send_length
-        (Linux 6.3+), which does the same job at a fraction of the cost."""
-        progs = self.obj.programs
-        have_sock_len = tracepoint_exists("sock/sock_send_length") and tracepoint_exists("sock/sock_recv_length")
-        chosen = []
-        for name, prog in progs.items():
-            kind, target = prog.spec.attach_kind, prog.spec.attach_target
-            if kind == "tracepoint" and target.startswith("sock/sock_") and target.endswith("_length"):
-                if not have_sock_len:
-                    continue
-            if kind == "tracepoint" and target.startswith("syscalls/sys_enter_"):
-                if have_sock_len:
-                    continue
-            if kind == "tracepoint" and not tracepoint_exists(target):
-                raise PytracerError(f"this kernel has no tracepoint {target.replace('/', ':')}, which "
-                                    f"pytracer needs ({prog.name})")
-            chosen.append(name)
-        if not have_sock_len:
-            self.fallbacks.append("sock:sock_send_length is missing (Linux < 6.3): process attribution "
-                                  "uses syscall tracepoints instead")
-        return chosen
 
     def close(self):
         if self.obj is not None:
