@@ -101,6 +101,8 @@ class JsonWriter:
             (ts, event, d, pid, uid, comm, fam, la, lp, ra, rp, size, pl, ns, tx, rx, dur) = ln
             jc = cache.get(comm)
             if jc is None:
+                if len(cache) > 4096:
+                    cache.clear()
                 jc = cache[comm] = json.dumps(comm)
             s = ('{"ts": %.6f, "event": "%s", "dir": "%s", "pid": %d, "uid": %d, "comm": %s, "family": %d, '
                  '"laddr": "%s", "lport": %d, "raddr": "%s", "rport": %d, "size": %d, "payload": %d, "netns": %d'

@@ -21,8 +21,10 @@ OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf", "tcpsno
 MAX_PIDS = 8
 MAX_PORTS = 8
 DEFAULT_RINGBUF = 8 << 20
-PENDING_MAX_SOCKETS = 4096
-PENDING_MAX_PER_SOCKET = 1024
+# Segments of connections not yet accepted are held in user space; bounded so a listener that never
+# accepts cannot grow pytracer's memory (each held line is a tuple of ~17 fields, ~250 bytes).
+PENDING_MAX_SOCKETS = 1024
+PENDING_MAX_PER_SOCKET = 256
 
 # A line: what one printed line / JSON object holds, in this order.
 LINE_FIELDS = ("ts", "event", "dir", "pid", "uid", "comm", "family", "laddr", "lport", "raddr", "rport",
@@ -76,14 +78,26 @@ class Event:
 
 
 def escape_comm(raw):
-    """A task name as printable text: it is chosen by the traced process (prctl), so control characters,
-    escape sequences and invalid UTF-8 are shown as \\xNN escapes, never passed to the terminal."""
+    """A task name as printable text. The traced process chooses it (prctl), so control characters,
+    escape sequences and invalid UTF-8 are shown as \\xNN escapes, never passed to the terminal; a
+    backslash itself is escaped too, so a name cannot pass for another one in the output."""
     raw = raw.split(b"\0", 1)[0]
-    text = raw.decode("utf-8", "backslashreplace")
-    if text.isprintable():
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and text.isprintable() and "\\" not in text:
         return text
-    return "".join(c if c.isprintable() else "\\x%02x" % ord(c) if ord(c) < 256 else c.encode(
-        "unicode_escape").decode() for c in text)
+    out = []
+    for b in raw.decode("utf-8", "surrogateescape"):
+        o = ord(b)
+        if 0xDC80 <= o <= 0xDCFF:          # an undecodable byte
+            out.append("\\x%02x" % (o - 0xDC00))
+        elif b == "\\" or not b.isprintable():
+            out.append("\\x%02x" % o if o < 256 else b.encode("unicode_escape").decode())
+        else:
+            out.append(b)
+    return "".join(out)
 
 
 class Filters:
@@ -127,25 +141,43 @@ class Filters:
             vals["filter_ports"] = b"".join(p.to_bytes(2, "little") for p in self.ports)
             vals["n_ports"] = len(self.ports)
         if self.family:
-            vals["filter_family"] = abi.AF_INET if self.family == 4 else abi.AF_INET6
+            vals["filter_family"] = self.family
         if self.cgroup:
             cg_id, level = cgroup_id_and_level(self.cgroup)
-            vals["filter_cgroup"] = cg_id
+            vals["filter_cgroup_id"] = cg_id
             vals["filter_cgroup_level"] = level
+            vals["has_cgroup"] = 1
         return vals
 
 
+def cgroup2_mount():
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid
+    systems), or None."""
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 2 and parts[2] == "cgroup2":
+                    return parts[1]
+    except OSError:
+        pass
+    return None
+
+
 def cgroup_id_and_level(path):
-    """cgroup v2 id (the directory's inode number) and its depth below the root, for --cgroup."""
-    root = "/sys/fs/cgroup"
-    full = path if path.startswith(root) else os.path.join(root, path.lstrip("/"))
+    """cgroup v2 id (the directory's inode number) and its depth below the root, for --cgroup. `path` is a
+    directory in the cgroup2 mount, or a path relative to its root (as in /proc/PID/cgroup)."""
+    root = cgroup2_mount()
+    if root is None:
+        raise PytracerError("--cgroup needs the cgroup v2 hierarchy, and none is mounted")
+    full = path if os.path.isabs(path) and path.startswith(root) else os.path.join(root, path.lstrip("/"))
     try:
         st = os.stat(full)
     except OSError as e:
         raise PytracerError(f"--cgroup {path}: {e.strerror} ({full})") from None
-    if not os.path.exists(os.path.join(root, "cgroup.controllers")):
-        raise PytracerError("--cgroup needs the unified cgroup v2 hierarchy mounted at /sys/fs/cgroup")
-    rel = os.path.relpath(os.path.realpath(full), root)
+    rel = os.path.relpath(os.path.realpath(full), os.path.realpath(root))
+    if rel.startswith(".."):
+        raise PytracerError(f"--cgroup {path} is not inside the cgroup v2 hierarchy at {root}")
     level = 0 if rel == "." else len(rel.split(os.sep))
     return st.st_ino, level
 
@@ -276,7 +308,7 @@ class TcpSnoop:
         epoch = self._epoch
         pending = self._pending
         for (ts_ns, sk, _cg, tx, rx, start_ns, pid, uid, netns, size, payload, lport, rport, laddr, raddr,
-             family, etype, direction, _flags, attr, comm) in records:
+             family, etype, direction, _flags, attr, comm, _segs, _segsize) in records:
             fam, la = self._addr(family, laddr)
             ra = self._addr(family, raddr)[1]
             ts = epoch + ts_ns / 1e9
@@ -294,6 +326,9 @@ class TcpSnoop:
                     self._flush(sk, pid, uid, name, out)
                 out.append(line)
             elif etype == ev_mod.EV_ACCEPT:
+                if attr & ev_mod.ATTR_DISCARD:
+                    pending.pop(sk, None)
+                    continue
                 hs = HANDSHAKE_SIZE[fam]
                 t0 = epoch + start_ns / 1e9 if start_ns else ts
                 for d in ("in", "out", "in"):

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -54,10 +55,21 @@ def no_leaks(kernel):
 
     before = inventory.snapshot()
     yield
-    after = inventory.snapshot()
-    for kind in ("prog", "map", "link"):
-        leaked = after[kind] - before[kind]
-        assert not leaked, f"leaked BPF {kind} ids {sorted(leaked)}"
+    assert_nothing_left(before)
+
+
+def assert_nothing_left(before, what="the test", timeout=5.0):
+    """The kernel frees programs, then their maps, after RCU grace periods and deferred work: poll."""
+    from pytracer import inventory
+
+    deadline = time.monotonic() + timeout
+    while True:
+        after = inventory.snapshot()
+        left = {k: sorted(after[k] - before[k]) for k in ("prog", "map", "link") if after[k] - before[k]}
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not left, f"left in the kernel after {what}: {left}"
 
 
 def obj_path(name):

@@ -1,0 +1,170 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * kernel_types.h - the few kernel types pytracer's BPF programs touch.
+ *
+ * This replaces a generated vmlinux.h.  Every struct carries
+ * __attribute__((preserve_access_index)), so each field access is recorded as
+ * a CO-RE relocation and resolved by *name* against the running kernel's BTF
+ * when the object is loaded.  Consequences:
+ *   - only the fields we read are declared, in any order, and the local
+ *     offsets/sizes are meaningless (the loader rewrites them);
+ *   - fields that live inside anonymous unions/structs in the kernel (most of
+ *     sock_common and sk_buff) are declared flat here: the relocation path is
+ *     then simple on our side and the kernel-side lookup descends into the
+ *     anonymous members by name;
+ *   - field *types* must stay compatible (integer vs pointer vs struct), and
+ *     integer sizes should match: a CO-RE read copies the local size.
+ *
+ * Checked against Linux 6.18's BTF (/sys/kernel/btf/vmlinux); see
+ * docs/bpf-design.md for the kernels/fields this relies on.
+ */
+#ifndef PYTRACER_KERNEL_TYPES_H
+#define PYTRACER_KERNEL_TYPES_H
+
+#include <linux/types.h>
+
+#define __pa __attribute__((preserve_access_index))
+
+/* ---- constants (uapi values, stable forever) ---------------------------- */
+#define AF_INET		2
+#define AF_INET6	10
+
+#define IPPROTO_HOPOPTS	0
+#define IPPROTO_TCP	6
+#define IPPROTO_ROUTING	43
+#define IPPROTO_DSTOPTS	60
+
+#define SOCK_STREAM	1
+
+#define ETH_P_IP	0x0800
+#define ETH_P_IPV6	0x86DD
+#define ETH_HLEN	14
+
+#define S_IFMT		00170000
+#define S_IFSOCK	0140000
+
+/* include/net/tcp_states.h */
+enum {
+	TCP_ESTABLISHED = 1,
+	TCP_SYN_SENT,
+	TCP_SYN_RECV,
+	TCP_FIN_WAIT1,
+	TCP_FIN_WAIT2,
+	TCP_TIME_WAIT,
+	TCP_CLOSE,
+	TCP_CLOSE_WAIT,
+	TCP_LAST_ACK,
+	TCP_LISTEN,
+	TCP_CLOSING,
+	TCP_NEW_SYN_RECV,
+};
+
+/* TCP header flag bits (byte 13 of the header) */
+#define TH_FIN	0x01
+#define TH_SYN	0x02
+#define TH_RST	0x04
+#define TH_PSH	0x08
+#define TH_ACK	0x10
+
+/* ---- networking namespace ----------------------------------------------- */
+struct ns_common {
+	unsigned int inum;
+} __pa;
+
+struct net {
+	struct ns_common ns;
+} __pa;
+
+/* A typedef of an anonymous struct in the kernel (include/net/net_namespace.h). */
+typedef struct {
+	struct net *net;
+} __pa possible_net_t;
+
+struct in6_addr {
+	__u8 s6_addr[16];	/* kernel: union in6_u; only its size matters, we copy it whole */
+} __pa;
+
+/* ---- sockets -------------------------------------------------------------- */
+struct sock_common {
+	__be32 skc_daddr;		/* kernel: inside an anonymous union/struct */
+	__be32 skc_rcv_saddr;		/* idem */
+	__be16 skc_dport;		/* idem */
+	__u16 skc_num;			/* idem; local port, host order */
+	unsigned short skc_family;
+	unsigned char skc_state;
+	possible_net_t skc_net;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+} __pa;
+
+/* A typedef of an anonymous struct in the kernel (include/net/sock.h). */
+typedef struct {
+	int owned;			/* lock_sock() held by a task */
+} __pa socket_lock_t;
+
+struct sock {
+	struct sock_common __sk_common;
+	socket_lock_t sk_lock;
+	__u16 sk_protocol;		/* u16 since 5.6; a bitfield before */
+	__u16 sk_type;
+} __pa;
+
+struct socket {
+	struct sock *sk;
+} __pa;
+
+/* ---- files ------------------------------------------------------------------ */
+struct inode {
+	unsigned short i_mode;		/* umode_t */
+} __pa;
+
+struct file {
+	void *private_data;
+	struct inode *f_inode;
+} __pa;
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+} __pa;
+
+struct files_struct {
+	struct fdtable *fdt;
+} __pa;
+
+struct task_struct {
+	int tgid;			/* pid_t */
+	struct files_struct *files;
+} __pa;
+
+/* ---- packets ----------------------------------------------------------------- */
+struct net_device {
+	int ifindex;
+	possible_net_t nd_net;
+} __pa;
+
+struct sk_buff {
+	struct net_device *dev;		/* kernel: inside anonymous unions */
+	struct sock *sk;
+	unsigned int len;
+	__be16 protocol;		/* kernel: inside the anonymous struct_group "headers" */
+	__u16 transport_header;		/* idem */
+	__u16 network_header;		/* idem */
+	__u16 mac_header;		/* idem */
+	unsigned int end;		/* sk_buff_data_t: an offset from head on 64-bit */
+	unsigned char *head;
+	unsigned char *data;
+} __pa;
+
+/* Lives at skb->head + skb->end (skb_shinfo()). */
+struct skb_shared_info {
+	unsigned short gso_size;
+	unsigned short gso_segs;
+} __pa;
+
+/* Only ever used through a pointer (tp_btf/sys_enter's first argument). */
+struct pt_regs;
+
+#undef __pa
+
+#endif /* PYTRACER_KERNEL_TYPES_H */

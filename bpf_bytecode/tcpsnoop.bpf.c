@@ -1,0 +1,972 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * tcpsnoop.bpf.c - TCP packets by process, from tracepoints only.
+ *
+ * Design (details and the facts it rests on: docs/bpf-design.md):
+ *   - `socks` maps a kernel socket address to what we know about it: its
+ *     owner (the last process seen using it), byte counters and sequence
+ *     state.  Owners are learnt in process context (connect, accept,
+ *     send/recv) and *used* in any context, so packets handled in softirq
+ *     are attributed and filtered correctly.
+ *   - `tuples` maps the connection's addresses as seen on the wire (per
+ *     network namespace) back to the socket, because a received skb does not
+ *     carry its socket yet when netif_receive_skb fires.
+ *   - Every packet is seen at the device: net_dev_queue (sent) and
+ *     netif_receive_skb (received), both as tp_btf so the skb is typed.
+ */
+#include "kernel_types.h"
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "tcpsnoop.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define MAX_FILTER_PIDS		8
+#define MAX_FILTER_PORTS	8
+#define TASK_COMM_LEN		16
+#define MAX_IPV6_EXT_HDRS	4
+
+/* ---- settings, written by Python into .rodata before load ----------------- */
+const volatile __u32 filter_pids[MAX_FILTER_PIDS] = {};
+const volatile __u32 n_pids = 0;
+const volatile __u32 filter_uid = 0;
+const volatile __u8 has_uid = 0;
+const volatile char filter_comm[TASK_COMM_LEN] = {};
+const volatile __u8 has_comm = 0;
+const volatile __u16 filter_ports[MAX_FILTER_PORTS] = {};	/* host order; local or remote */
+const volatile __u32 n_ports = 0;
+const volatile __u8 filter_family = 0;				/* 0 any, 4, 6 */
+const volatile __u64 filter_cgroup_id = 0;
+const volatile __u32 filter_cgroup_level = 0;
+const volatile __u8 has_cgroup = 0;
+const volatile __u8 no_data = 0;	/* no EV_SEND/EV_RECV records; bytes still counted */
+
+/* ---- maps ---------------------------------------------------------------------- */
+struct tuple {
+	__u32 netns;
+	__u16 lport;		/* host order */
+	__u16 rport;
+	__u8 family;		/* as on the wire: a v4-mapped AF_INET6 socket is AF_INET */
+	__u8 _pad[3];
+	__u8 laddr[16];
+	__u8 raddr[16];
+};
+
+/* owner_flags: written in process context only */
+#define SI_OWNER_KNOWN	0x01
+#define SI_CGROUP_MATCH	0x02
+/* tx_flags: written on the transmit path only (serialised per socket) */
+#define SI_TX_SEQ_INIT	0x01
+#define SI_TUPLE_WIRE	0x02	/* tuple was taken from a sent packet */
+/* rx_flags: written on the receive path only */
+#define SI_RX_SEQ_INIT	0x01
+/* state_flags: written at creation and by the state/close handler */
+#define SI_TUPLE_SET	0x01	/* `tuple` holds a key we inserted into `tuples` */
+#define SI_CLOSED	0x02	/* reached TCP_CLOSE; kept until destroy for a trailing RST */
+#define SI_TIME_WAIT	0x04	/* closed into TIME_WAIT: entry and tuple outlive the socket */
+
+/*
+ * The flags are split by writer instead of one word so that contexts that
+ * update an entry in place concurrently (a process refreshing the owner while
+ * softirq counts a received segment) never clobber each other's bits without
+ * needing atomics.
+ */
+struct sock_info {
+	__u64 start_ns;		/* 0 = connection predates the tracer */
+	__u64 cgroup_id;
+	__u64 tx_bytes;
+	__u64 rx_bytes;
+	char comm[TASK_COMM_LEN];
+	__u32 pid;
+	__u32 uid;
+	__u32 tx_max_end;	/* highest sequence number (exclusive) of payload sent */
+	__u32 rx_max_end;	/* idem received */
+	__u32 netns;
+	__u8 owner_flags;
+	__u8 tx_flags;
+	__u8 rx_flags;
+	__u8 state_flags;
+	struct tuple tuple;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct sock_info);
+} socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct tuple);
+	__type(value, __u64);
+} tuples SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+/* Keeps the record layout in the object's BTF for the Python-side layout test. */
+const struct tcpsnoop_event *const __unused_event = 0;
+
+/* ---- classic tracepoint records (from events/<cat>/<name>/format) --------- */
+struct tp_common {
+	__u16 common_type;
+	__u8 common_flags;
+	__u8 common_preempt_count;
+	__s32 common_pid;
+};
+
+struct tp_inet_sock_set_state {
+	struct tp_common c;
+	__u64 skaddr;
+	__s32 oldstate;
+	__s32 newstate;
+	__u16 sport;
+	__u16 dport;
+	__u16 family;
+	__u16 protocol;
+	__u8 saddr[4];
+	__u8 daddr[4];
+	__u8 saddr_v6[16];
+	__u8 daddr_v6[16];
+};
+
+/* sock:sock_send_length and sock:sock_recv_length share this layout */
+struct tp_sock_length {
+	struct tp_common c;
+	__u64 sk;
+	__u16 family;
+	__u16 protocol;
+	__s32 ret;
+	__s32 flags;
+};
+
+struct tp_tcp_destroy_sock {
+	struct tp_common c;
+	__u64 skaddr;
+	/* addresses and cookie follow; unused */
+};
+
+struct tp_sys_exit {
+	struct tp_common c;
+	__s32 __syscall_nr;
+	__s32 _pad;
+	__s64 ret;
+};
+
+/* Every syscall's first argument is stored as 8 bytes at offset 16. */
+struct tp_sys_enter_fd {
+	struct tp_common c;
+	__s32 __syscall_nr;
+	__s32 _pad;
+	__u64 fd;
+};
+
+/* ---- a parsed segment ------------------------------------------------------ */
+struct pkt {
+	struct tuple t;		/* from our side: local/remote */
+	__u32 seq;
+	__u32 size;		/* wire size: IP packet + 14 */
+	__u32 payload;
+	__u16 gso_segs;
+	__u16 gso_size;
+	__u8 flags;		/* TCP flags byte */
+};
+
+/* ---- small helpers --------------------------------------------------------- */
+static __always_inline void count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *v = bpf_map_lookup_elem(&lost, &zero);
+
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+static __always_inline int family_pass(__u8 family)
+{
+	if (filter_family == 4)
+		return family == AF_INET;
+	if (filter_family == 6)
+		return family == AF_INET6;
+	return 1;
+}
+
+static __always_inline int ports_pass(__u16 lport, __u16 rport)
+{
+	if (n_ports == 0)
+		return 1;
+	for (int i = 0; i < MAX_FILTER_PORTS; i++) {
+		if (i >= n_ports)
+			break;
+		if (filter_ports[i] == lport || filter_ports[i] == rport)
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int owner_filters_active(void)
+{
+	return n_pids || has_uid || has_comm || has_cgroup;
+}
+
+/* Filters on the socket's owner; an unknown owner passes (Python decides later). */
+static __always_inline int owner_pass(const struct sock_info *si)
+{
+	if (!si || !(si->owner_flags & SI_OWNER_KNOWN))
+		return 1;
+	if (n_pids) {
+		int found = 0;
+
+		for (int i = 0; i < MAX_FILTER_PIDS; i++) {
+			if (i >= n_pids)
+				break;
+			if (filter_pids[i] == si->pid) {
+				found = 1;
+				break;
+			}
+		}
+		if (!found)
+			return 0;
+	}
+	if (has_uid && si->uid != filter_uid)
+		return 0;
+	if (has_comm) {
+		for (int i = 0; i < TASK_COMM_LEN; i++) {
+			if (si->comm[i] != filter_comm[i])
+				return 0;
+			if (si->comm[i] == 0)
+				break;
+		}
+	}
+	if (has_cgroup && !(si->owner_flags & SI_CGROUP_MATCH))
+		return 0;
+	return 1;
+}
+
+/* Sets owner fields of an entry to the current task (process context only). */
+static __always_inline void set_owner(struct sock_info *si)
+{
+	__u8 flags = SI_OWNER_KNOWN;
+
+	si->pid = bpf_get_current_pid_tgid() >> 32;
+	si->uid = (__u32)bpf_get_current_uid_gid();
+	si->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(si->comm, sizeof(si->comm));
+	if (has_cgroup &&
+	    bpf_get_current_ancestor_cgroup_id(filter_cgroup_level) == filter_cgroup_id)
+		flags |= SI_CGROUP_MATCH;
+	si->owner_flags = flags;
+}
+
+static __always_inline int is_v4_mapped(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0x0000ffff);
+}
+
+/*
+ * The connection's tuple from its socket (local = the socket's side).  An
+ * AF_INET6 socket talking to a v4-mapped peer sends IPv4 packets, so its tuple
+ * is AF_INET to match what the wire shows.  Returns 0 if the socket has no
+ * usable tuple yet (e.g. no local port before connect() picked one).
+ */
+static __always_inline int tuple_from_sk(__u64 skp, struct tuple *t)
+{
+	struct sock *sk = (struct sock *)skp;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	__builtin_memset(t, 0, sizeof(*t));
+	t->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	t->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	t->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AF_INET) {
+		t->family = AF_INET;
+		bpf_core_read(t->laddr, 4, &sk->__sk_common.skc_rcv_saddr);
+		bpf_core_read(t->raddr, 4, &sk->__sk_common.skc_daddr);
+	} else if (family == AF_INET6) {
+		bpf_core_read(t->raddr, 16, &sk->__sk_common.skc_v6_daddr);
+		if (is_v4_mapped(t->raddr)) {
+			__builtin_memset(t->raddr, 0, sizeof(t->raddr));
+			t->family = AF_INET;
+			bpf_core_read(t->laddr, 4, &sk->__sk_common.skc_rcv_saddr);
+			bpf_core_read(t->raddr, 4, &sk->__sk_common.skc_daddr);
+		} else {
+			t->family = AF_INET6;
+			bpf_core_read(t->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		}
+	} else {
+		return 0;
+	}
+	return t->lport != 0 && t->rport != 0;
+}
+
+static __always_inline int tuple_equal(const struct tuple *a, const struct tuple *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+
+	for (int i = 0; i < (int)(sizeof(*a) / 4); i++)
+		if (x[i] != y[i])
+			return 0;
+	return 1;
+}
+
+/* Deletes `t` from `tuples` only if it still points at this socket. */
+static __always_inline void tuple_release(const struct tuple *t, __u64 skp)
+{
+	__u64 *owner = bpf_map_lookup_elem(&tuples, t);
+
+	if (owner && *owner == skp)
+		bpf_map_delete_elem(&tuples, t);
+}
+
+/*
+ * Adds a segment's payload to a byte counter, counting each sequence number
+ * once: only bytes beyond the highest end seen so far are new, so
+ * retransmissions (and duplicates) add nothing.  A SYN occupies one sequence
+ * number before its data.  Returns the number of new bytes.
+ */
+static __always_inline __u32 count_new(__u8 *flags, __u8 init_bit, __u32 *max_end,
+				       __u64 *total, __u32 seq, __u32 payload, __u8 tcp_flags)
+{
+	__u32 start = seq + ((tcp_flags & TH_SYN) ? 1 : 0);
+	__u32 end = start + payload;
+	__s32 ahead;
+
+	if (!(*flags & init_bit)) {
+		*max_end = start;
+		*flags |= init_bit;
+	}
+	ahead = (__s32)(end - *max_end);
+	if (ahead <= 0)
+		return 0;
+	if ((__u32)ahead > payload)	/* a gap: we missed something; count this segment only */
+		ahead = payload;
+	*max_end = end;
+	*total += ahead;
+	return ahead;
+}
+
+/* ---- the record ------------------------------------------------------------- */
+static __always_inline void emit(__u64 skp, const struct sock_info *si, const struct pkt *p,
+				 __u8 type, __u8 dir, __u8 attr)
+{
+	struct tcpsnoop_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		count_lost();
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = bpf_ktime_get_ns();
+	e->sk = skp;
+	e->netns = p->t.netns;
+	e->size = p->size;
+	e->payload = p->payload;
+	e->lport = p->t.lport;
+	e->rport = p->t.rport;
+	__builtin_memcpy(e->laddr, p->t.laddr, sizeof(e->laddr));
+	__builtin_memcpy(e->raddr, p->t.raddr, sizeof(e->raddr));
+	e->family = p->t.family;
+	e->type = type;
+	e->dir = dir;
+	e->tcp_flags = p->flags;
+	e->gso_segs = p->gso_segs;
+	e->gso_size = p->gso_size;
+	if (si) {
+		e->start_ns = si->start_ns;
+		e->tx_bytes = si->tx_bytes;
+		e->rx_bytes = si->rx_bytes;
+		if (si->owner_flags & SI_OWNER_KNOWN) {
+			e->cgroup_id = si->cgroup_id;
+			e->pid = si->pid;
+			e->uid = si->uid;
+			__builtin_memcpy(e->comm, si->comm, sizeof(e->comm));
+		} else {
+			attr |= ATTR_OWNER_UNKNOWN;
+		}
+	}
+	e->attr = attr;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* ---- packet parsing ---------------------------------------------------------- */
+/*
+ * Parses the IPv4/IPv6 + TCP headers at `nh`.  `ip_len` is the number of
+ * bytes from the network header to the end of the skb (the whole GSO/GRO
+ * super-packet).  Fills the tuple as src -> dst; the caller flips it for
+ * received packets.  Returns 0 for a TCP segment, -1 otherwise.
+ */
+static __always_inline int parse_ip_tcp(const unsigned char *nh, __u32 ip_len, __u16 l3proto,
+					struct pkt *p)
+{
+	union {
+		__u8 b[40];
+		__u32 w[10];
+	} ip;
+	__u8 th[20];
+	__u32 th_off;
+
+	if (l3proto != bpf_htons(ETH_P_IP) && l3proto != bpf_htons(ETH_P_IPV6))
+		return -1;
+	if (bpf_probe_read_kernel(&ip, 20, nh))
+		return -1;
+	if (l3proto == bpf_htons(ETH_P_IP)) {
+		if ((ip.b[0] >> 4) != 4 || ip.b[9] != IPPROTO_TCP)
+			return -1;
+		if (((ip.b[6] << 8) | ip.b[7]) & 0x1fff)	/* a non-first fragment */
+			return -1;
+		th_off = (ip.b[0] & 0x0f) * 4;
+		if (th_off < 20)
+			return -1;
+		p->t.family = AF_INET;
+		__builtin_memcpy(p->t.laddr, &ip.w[3], 4);
+		__builtin_memcpy(p->t.raddr, &ip.w[4], 4);
+	} else {	/* ETH_P_IPV6 */
+		__u8 next;
+
+		if (bpf_probe_read_kernel(&ip.b[20], 20, nh + 20))
+			return -1;
+		if ((ip.b[0] >> 4) != 6)
+			return -1;
+		next = ip.b[6];
+		th_off = 40;
+		/* BIG TCP's hop-by-hop jumbo header, or options a socket asked for */
+#pragma unroll
+		for (int i = 0; i < MAX_IPV6_EXT_HDRS; i++) {
+			__u8 ext[2];
+
+			if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING &&
+			    next != IPPROTO_DSTOPTS)
+				break;
+			if (bpf_probe_read_kernel(ext, 2, nh + th_off))
+				return -1;
+			next = ext[0];
+			th_off += (ext[1] + 1) * 8;
+		}
+		if (next != IPPROTO_TCP)
+			return -1;
+		p->t.family = AF_INET6;
+		__builtin_memcpy(p->t.laddr, &ip.b[8], 16);
+		__builtin_memcpy(p->t.raddr, &ip.b[24], 16);
+	}
+	if (bpf_probe_read_kernel(th, sizeof(th), nh + th_off))
+		return -1;
+	p->t.lport = (th[0] << 8) | th[1];
+	p->t.rport = (th[2] << 8) | th[3];
+	p->seq = ((__u32)th[4] << 24) | ((__u32)th[5] << 16) | ((__u32)th[6] << 8) | th[7];
+	p->flags = th[13];
+	th_off += (th[12] >> 4) * 4;
+	p->payload = ip_len > th_off ? ip_len - th_off : 0;
+	p->size = ip_len + ETH_HLEN;
+	return 0;
+}
+
+static __always_inline void read_gso(struct sk_buff *skb, const unsigned char *head,
+				     struct pkt *p)
+{
+	struct skb_shared_info *shinfo = (struct skb_shared_info *)(head + skb->end);
+	__u16 size = BPF_CORE_READ(shinfo, gso_size);
+	__u16 segs = BPF_CORE_READ(shinfo, gso_segs);
+
+	p->gso_size = size;
+	p->gso_segs = (size && segs) ? segs : 1;
+}
+
+static __always_inline void flip(struct tuple *t)
+{
+	__u8 a[16];
+	__u16 port = t->lport;
+
+	t->lport = t->rport;
+	t->rport = port;
+	__builtin_memcpy(a, t->laddr, 16);
+	__builtin_memcpy(t->laddr, t->raddr, 16);
+	__builtin_memcpy(t->raddr, a, 16);
+}
+
+/* ---- entries -------------------------------------------------------------------- */
+static __always_inline void insert_tuple(struct sock_info *si, __u64 skp)
+{
+	if (bpf_map_update_elem(&tuples, &si->tuple, &skp, BPF_ANY) == 0)
+		si->state_flags |= SI_TUPLE_SET;
+}
+
+/*
+ * A fresh entry on the stack: owner from current if `owned`; tuple from the
+ * socket if `with_tuple` (SI_TUPLE_SET then means "insert me", see insert_tuple).
+ */
+static __always_inline void init_entry(struct sock_info *si, __u64 skp, int owned,
+				       int with_tuple, __u64 start_ns)
+{
+	__builtin_memset(si, 0, sizeof(*si));
+	si->start_ns = start_ns;
+	if (owned)
+		set_owner(si);
+	if (with_tuple && tuple_from_sk(skp, &si->tuple))
+		si->state_flags |= SI_TUPLE_SET;
+	else
+		__builtin_memset(&si->tuple, 0, sizeof(si->tuple));
+	si->netns = si->tuple.netns;
+}
+
+static __always_inline void tuple_to_pkt(const struct tuple *t, struct pkt *p)
+{
+	__builtin_memset(p, 0, sizeof(*p));
+	p->t = *t;
+	p->gso_segs = 1;
+}
+
+/*
+ * Makes `current` the owner of an existing entry (process context only).  A
+ * passive socket whose owner was unknown is thereby resolved: tell Python
+ * with EV_ACCEPT (it prints the handshake and flushes the records it held
+ * back), or with ATTR_DISCARD if the owner fails the filters.  `accepted`
+ * (from accept()) always reports EV_ACCEPT.
+ */
+static __always_inline void adopt(__u64 skp, struct sock_info *si, int accepted)
+{
+	int was_unknown = !(si->owner_flags & SI_OWNER_KNOWN);
+	struct pkt p;
+
+	set_owner(si);
+	if (!(si->state_flags & SI_TUPLE_SET) && tuple_from_sk(skp, &si->tuple)) {
+		si->netns = si->tuple.netns;
+		insert_tuple(si, skp);
+	}
+	if (!accepted && !was_unknown)
+		return;
+	tuple_to_pkt(&si->tuple, &p);
+	if (!family_pass(p.t.family) || !ports_pass(p.t.lport, p.t.rport))
+		return;
+	if (owner_pass(si))
+		emit(skp, si, &p, EV_ACCEPT, DIR_RECEIVED, 0);
+	else if (was_unknown)
+		emit(skp, si, &p, EV_ACCEPT, DIR_RECEIVED, ATTR_DISCARD);
+}
+
+/*
+ * Process context, socket in hand (accept, send/recv): make `current` its
+ * owner, creating the entry (and its tuple) if the connection is new to us.
+ */
+static __always_inline void refresh_owner(__u64 skp, int accepted)
+{
+	struct sock_info *si = bpf_map_lookup_elem(&socks, &skp);
+
+	if (!si || (si->state_flags & SI_CLOSED)) {
+		struct sock_info fresh;
+		__u8 state = BPF_CORE_READ((struct sock *)skp, __sk_common.skc_state);
+
+		if (si || state == TCP_CLOSE || state == TCP_LISTEN || state == TCP_NEW_SYN_RECV)
+			return;
+		/* a connection that predates the tracer (or was evicted): start unknown */
+		init_entry(&fresh, skp, 1, 1, 0);
+		if (bpf_map_update_elem(&socks, &skp, &fresh, BPF_NOEXIST))
+			return;
+		si = bpf_map_lookup_elem(&socks, &skp);
+		if (!si)
+			return;
+		if (si->state_flags & SI_TUPLE_SET)
+			insert_tuple(si, skp);
+		if (accepted)
+			adopt(skp, si, 1);
+		return;
+	}
+	adopt(skp, si, accepted);
+}
+
+/*
+ * Transmit path: if the socket is owned by user (lock_sock() held), the
+ * segment is being sent by the task holding the lock, i.e. `current`, in
+ * process context: softirq/timer transmit paths back off while a task owns
+ * the socket.  Adopting the owner here, *before* the segment is reported,
+ * names the right process for the first write after a hand-off (inetd child,
+ * fd passed over a unix socket); sock_send_length only fires after the data
+ * has gone out.
+ */
+static __always_inline void adopt_if_sender(__u64 skp, struct sock_info *si)
+{
+	union {
+		char c[TASK_COMM_LEN];
+		__u64 w[2];	/* the stack must be accessed aligned */
+	} comm;
+	const __u64 *b = (const __u64 *)si->comm;
+
+	if (!BPF_CORE_READ((struct sock *)skp, sk_lock.owned))
+		return;
+	if (si->owner_flags & SI_OWNER_KNOWN) {
+		if ((__u32)(bpf_get_current_pid_tgid() >> 32) == si->pid) {
+			bpf_get_current_comm(comm.c, sizeof(comm.c));
+			if (comm.w[0] == b[0] && comm.w[1] == b[1])
+				return;
+		}
+	}
+	adopt(skp, si, 0);
+}
+
+/*
+ * fd of the current task -> its TCP socket, or 0.  Walks
+ * task->files->fdt->fd[fd] -> file; a socket file has an S_IFSOCK inode and
+ * its private_data is the struct socket.
+ */
+static __noinline __u64 fd_to_tcp_sk(__u32 fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds;
+	struct file *f = 0;
+	struct socket *sock;
+	struct sock *sk;
+
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return 0;
+	if ((BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return 0;
+	sock = (struct socket *)BPF_CORE_READ(f, private_data);
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk)
+		return 0;
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP ||
+	    BPF_CORE_READ(sk, sk_type) != SOCK_STREAM)
+		return 0;
+	switch (BPF_CORE_READ(sk, __sk_common.skc_family)) {
+	case AF_INET:
+	case AF_INET6:
+		return (__u64)sk;
+	}
+	return 0;
+}
+
+/* ---- 1. socket state changes ------------------------------------------------------ */
+SEC("tracepoint/sock/inet_sock_set_state")
+int on_state(struct tp_inet_sock_set_state *ctx)
+{
+	__u64 skp = ctx->skaddr;
+	struct sock_info *si;
+	struct sock_info fresh;
+	struct pkt p;
+
+	if (ctx->protocol != IPPROTO_TCP)
+		return 0;
+
+	if (ctx->oldstate == TCP_CLOSE && ctx->newstate == TCP_SYN_SENT) {
+		/* connect(): runs in the connecting task; no local port yet */
+		init_entry(&fresh, skp, 1, 0, bpf_ktime_get_ns());
+		fresh.netns = BPF_CORE_READ((struct sock *)skp, __sk_common.skc_net.net, ns.inum);
+		bpf_map_update_elem(&socks, &skp, &fresh, BPF_ANY);
+		return 0;
+	}
+
+	if (ctx->oldstate == TCP_SYN_RECV && ctx->newstate == TCP_ESTABLISHED) {
+		/* passive child completing the handshake, in softirq: owner unknown */
+		si = bpf_map_lookup_elem(&socks, &skp);
+		if (si && !si->start_ns && !(si->state_flags & SI_CLOSED)) {
+			/* accepted before ESTABLISHED (TCP Fast Open): keep the owner */
+			si->start_ns = bpf_ktime_get_ns();
+			return 0;
+		}
+		init_entry(&fresh, skp, 0, 1, bpf_ktime_get_ns());
+		if (bpf_map_update_elem(&socks, &skp, &fresh, BPF_ANY))
+			return 0;
+		si = bpf_map_lookup_elem(&socks, &skp);
+		if (si && (si->state_flags & SI_TUPLE_SET))
+			insert_tuple(si, skp);
+		return 0;
+	}
+
+	if (ctx->newstate != TCP_CLOSE)
+		return 0;
+	si = bpf_map_lookup_elem(&socks, &skp);
+	if (!si || (si->state_flags & SI_CLOSED))
+		return 0;
+	si->state_flags |= SI_CLOSED;
+	/*
+	 * An active close hands the connection to a TIME_WAIT mini-socket: the
+	 * peer's FIN and our last ACK still cross the wire after this.  Keep the
+	 * tuple (and, past tcp_destroy_sock, the entry; the LRU ages them out) so
+	 * those segments are still reported with the owner.
+	 */
+	if (ctx->oldstate == TCP_FIN_WAIT1 || ctx->oldstate == TCP_FIN_WAIT2 ||
+	    ctx->oldstate == TCP_CLOSING)
+		si->state_flags |= SI_TIME_WAIT;
+	if (si->state_flags & SI_TUPLE_SET) {
+		if (!(si->state_flags & SI_TIME_WAIT))
+			tuple_release(&si->tuple, skp);
+		tuple_to_pkt(&si->tuple, &p);
+	} else {
+		/* never got a tuple (e.g. connect() failed before sending): use the record */
+		__builtin_memset(&p, 0, sizeof(p));
+		p.gso_segs = 1;
+		p.t.netns = si->netns;
+		p.t.lport = ctx->sport;
+		p.t.rport = ctx->dport;
+		if (ctx->family == AF_INET6 && !is_v4_mapped(ctx->daddr_v6)) {
+			p.t.family = AF_INET6;
+			__builtin_memcpy(p.t.laddr, ctx->saddr_v6, 16);
+			__builtin_memcpy(p.t.raddr, ctx->daddr_v6, 16);
+		} else {
+			p.t.family = AF_INET;
+			__builtin_memcpy(p.t.laddr, ctx->saddr, 4);
+			__builtin_memcpy(p.t.raddr, ctx->daddr, 4);
+		}
+	}
+	if (family_pass(p.t.family) && ports_pass(p.t.lport, p.t.rport) && owner_pass(si))
+		emit(skp, si, &p, EV_CLOSE, DIR_SENT, 0);
+	return 0;
+}
+
+/* The socket is being freed: forget it (its address may be reused at once). */
+SEC("tracepoint/tcp/tcp_destroy_sock")
+int on_destroy(struct tp_tcp_destroy_sock *ctx)
+{
+	__u64 skp = ctx->skaddr;
+	struct sock_info *si = bpf_map_lookup_elem(&socks, &skp);
+
+	if (!si || (si->state_flags & SI_TIME_WAIT))
+		return 0;
+	if (si->state_flags & SI_TUPLE_SET)
+		tuple_release(&si->tuple, skp);
+	bpf_map_delete_elem(&socks, &skp);
+	return 0;
+}
+
+/* ---- 2. accept ------------------------------------------------------------------------ */
+static __always_inline int handle_accept(__s64 ret)
+{
+	__u64 skp;
+
+	if (ret < 0 || ret > 0x7fffffff)
+		return 0;
+	skp = fd_to_tcp_sk((__u32)ret);
+	if (skp)
+		refresh_owner(skp, 1);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int on_accept4(struct tp_sys_exit *ctx)
+{
+	return handle_accept(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int on_accept(struct tp_sys_exit *ctx)
+{
+	return handle_accept(ctx->ret);
+}
+
+/* ---- 3. every packet sent ------------------------------------------------------------ */
+SEC("tp_btf/net_dev_queue")
+int BPF_PROG(on_tx, struct sk_buff *skb)
+{
+	const unsigned char *head = skb->head;
+	const unsigned char *nh = head + skb->network_header;
+	const unsigned char *data = skb->data;
+	__u64 skp = (__u64)skb->sk;
+	struct sock_info *si;
+	struct pkt p;
+	__u32 fresh_bytes;
+	__u8 type, attr = 0;
+
+	if (nh < data || nh - data > 256 || skb->len <= (__u32)(nh - data))
+		return 0;
+	__builtin_memset(&p, 0, sizeof(p));
+	if (parse_ip_tcp(nh, skb->len - (__u32)(nh - data), skb->protocol, &p))
+		return 0;
+	p.t.netns = skb->dev->nd_net.net->ns.inum;
+	read_gso(skb, head, &p);
+
+	si = skp ? bpf_map_lookup_elem(&socks, &skp) : 0;
+	if (!si) {
+		__u64 *skpp;
+
+		/* RST+ACK with seq 0: the answer to a SYN sent to a closed port */
+		if ((p.flags & (TH_RST | TH_ACK)) == (TH_RST | TH_ACK) && p.seq == 0) {
+			if (!owner_filters_active() && family_pass(p.t.family) &&
+			    ports_pass(p.t.lport, p.t.rport))
+				emit(0, 0, &p, EV_RESET_CLOSED_PORT, DIR_SENT, 0);
+			return 0;
+		}
+		/* sent by the TIME_WAIT mini-socket of a connection we followed? */
+		skpp = bpf_map_lookup_elem(&tuples, &p.t);
+		if (!skpp)
+			return 0;
+		skp = *skpp;
+		si = bpf_map_lookup_elem(&socks, &skp);
+		if (!si || !(si->state_flags & SI_TIME_WAIT) || !tuple_equal(&si->tuple, &p.t))
+			return 0;
+	}
+
+	if (si->state_flags & SI_CLOSED) {
+		/* after TCP_CLOSE: the RST of an abortive close, or TIME_WAIT's segments */
+		if (!(p.flags & TH_RST) && !(si->state_flags & SI_TIME_WAIT))
+			return 0;
+	} else {
+		adopt_if_sender(skp, si);
+	}
+
+	if (!(si->state_flags & SI_CLOSED) && !(si->tx_flags & SI_TUPLE_WIRE)) {
+		/* first packet we see: key the connection by what the wire shows */
+		if (!(si->state_flags & SI_TUPLE_SET) || !tuple_equal(&si->tuple, &p.t)) {
+			if (si->state_flags & SI_TUPLE_SET)
+				tuple_release(&si->tuple, skp);
+			si->tuple = p.t;
+			si->netns = p.t.netns;
+			insert_tuple(si, skp);
+		}
+		si->tx_flags |= SI_TUPLE_WIRE;
+	}
+
+	fresh_bytes = 0;
+	if (!(si->state_flags & SI_CLOSED))
+		fresh_bytes = count_new(&si->tx_flags, SI_TX_SEQ_INIT, &si->tx_max_end,
+					&si->tx_bytes, p.seq, p.payload, p.flags);
+	if (p.payload && !fresh_bytes)
+		attr |= ATTR_RETRANS;
+
+	if (p.flags & TH_RST)
+		type = EV_RESET;
+	else if ((p.flags & (TH_SYN | TH_ACK)) == TH_SYN)
+		type = EV_CONNECT;
+	else if (no_data)
+		return 0;
+	else
+		type = EV_SEND;
+	if (family_pass(p.t.family) && ports_pass(p.t.lport, p.t.rport) && owner_pass(si))
+		emit(skp, si, &p, type, DIR_SENT, attr);
+	return 0;
+}
+
+/* ---- 4. every packet received ---------------------------------------------------------- */
+SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(on_rx, struct sk_buff *skb)
+{
+	/* skb->data is at the network header here (the MAC header was pulled) */
+	const unsigned char *data = skb->data;
+	__u64 *skpp, skp;
+	struct sock_info *si;
+	struct pkt p;
+	__u32 fresh_bytes;
+	__u8 type, attr = 0;
+
+	__builtin_memset(&p, 0, sizeof(p));
+	if (parse_ip_tcp(data, skb->len, skb->protocol, &p))
+		return 0;
+	p.t.netns = skb->dev->nd_net.net->ns.inum;
+	flip(&p.t);
+
+	skpp = bpf_map_lookup_elem(&tuples, &p.t);
+	if (!skpp)
+		return 0;
+	skp = *skpp;
+	si = bpf_map_lookup_elem(&socks, &skp);
+	if (!si)
+		return 0;
+	/*
+	 * A live mapping always equals its entry's tuple; a mismatch means the
+	 * socket address was reused (a TIME_WAIT tuple left behind, see on_state).
+	 */
+	if (!tuple_equal(&si->tuple, &p.t)) {
+		tuple_release(&p.t, skp);
+		return 0;
+	}
+	/* after TCP_CLOSE only TIME_WAIT's segments are still the connection's */
+	if ((si->state_flags & SI_CLOSED) && !(si->state_flags & SI_TIME_WAIT))
+		return 0;
+	read_gso(skb, skb->head, &p);
+
+	fresh_bytes = 0;
+	if (!(si->state_flags & SI_CLOSED))
+		fresh_bytes = count_new(&si->rx_flags, SI_RX_SEQ_INIT, &si->rx_max_end,
+					&si->rx_bytes, p.seq, p.payload, p.flags);
+	if (p.payload && !fresh_bytes)
+		attr |= ATTR_RETRANS;
+
+	if (p.flags & TH_RST)
+		type = EV_RESET;
+	else if (no_data)
+		return 0;
+	else
+		type = EV_RECV;
+	if (family_pass(p.t.family) && ports_pass(p.t.lport, p.t.rport) && owner_pass(si))
+		emit(skp, si, &p, type, DIR_RECEIVED, attr);
+	return 0;
+}
+
+/* ---- 5. send/recv on a socket (6.3+): who uses it now ----------------------------------- */
+static __always_inline int handle_sock_length(struct tp_sock_length *ctx)
+{
+	if (ctx->protocol != IPPROTO_TCP || (ctx->family != AF_INET && ctx->family != AF_INET6))
+		return 0;
+	if (ctx->sk)
+		refresh_owner(ctx->sk, 0);
+	return 0;
+}
+
+SEC("tracepoint/sock/sock_send_length")
+int on_send_len(struct tp_sock_length *ctx)
+{
+	return handle_sock_length(ctx);
+}
+
+SEC("tracepoint/sock/sock_recv_length")
+int on_recv_len(struct tp_sock_length *ctx)
+{
+	return handle_sock_length(ctx);
+}
+
+/* ---- 6. the same from syscalls, for kernels without sock_*_length (< 6.3) --------------- */
+static __always_inline int handle_fd_syscall(struct tp_sys_enter_fd *ctx)
+{
+	__s64 fd = (__s64)ctx->fd;
+	__u64 skp;
+
+	if (fd < 0 || fd > 0x7fffffff)
+		return 0;
+	skp = fd_to_tcp_sk((__u32)fd);
+	if (skp)
+		refresh_owner(skp, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_write")
+int fb_write(struct tp_sys_enter_fd *ctx) { return handle_fd_syscall(ctx); }
+
+SEC("tracepoint/syscalls/sys_enter_writev")
+int fb_writev(struct tp_sys_enter_fd *ctx) { return handle_fd_syscall(ctx); }
+
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int fb_sendto(struct tp_sys_enter_fd *ctx) { return handle_fd_syscall(ctx); }
+
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int fb_sendmsg(struct tp_sys_enter_fd *ctx) { return handle_fd_syscall(ctx); }
+
+SEC("tracepoint/syscalls/sys_enter_read")
+int fb_read(struct tp_sys_enter_fd *ctx) { return handle_fd_syscall(ctx); }
+
+SEC("tracepoint/syscalls/sys_enter_readv")
+int fb_readv(struct tp_sys_enter_fd *ctx) { return handle_fd_syscall(ctx); }
+
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int fb_recvfrom(struct tp_sys_enter_fd *ctx) { return handle_fd_syscall(ctx); }
+
+SEC("tracepoint/syscalls/sys_enter_recvmsg")
+int fb_recvmsg(struct tp_sys_enter_fd *ctx) { return handle_fd_syscall(ctx); }

@@ -1,0 +1,214 @@
+"""The engine on the real kernel: load the committed enginetest object, attach its tracepoint, tp_btf and raw
+tracepoint programs, trigger them with real system calls, and read back what they recorded."""
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import ROOT, assert_nothing_left, obj_path, run_env
+from pytracer import errors, events, inventory
+from pytracer.loader import BPFObject
+
+ENGINE = obj_path("enginetest")
+
+
+def getppid_n(n):
+    for _ in range(n):
+        os.getppid()
+
+
+def test_load_attach_read(no_leaks):
+    lay = events.get_layout("probe_event")
+    with BPFObject(ENGINE, rodata={"target_tgid": os.getpid()}, use_cache=False) as obj:
+        obj.attach()
+        rb = obj.ring_buffer("events")
+        getppid_n(1000)
+        recs = rb.read(lay.struct)
+        assert len(recs) == 1000
+        seqs = [r[lay.names.index("seq")] for r in recs]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 1000
+        assert {r[lay.names.index("tgid")] for r in recs} == {os.getpid()}
+        assert obj.maps["lost"].sum_percpu_u64() == 0
+        # the tp_btf and raw_tracepoint programs counted (at least) our calls, per CPU
+        for name in ("btf_counts", "raw_counts"):
+            total = obj.maps[name].sum_percpu_u64()
+            assert total >= 1000, (name, total)
+
+
+def test_cached_spec_loads_the_same(no_leaks, tmp_path, monkeypatch):
+    """A relocated spec written to the cache and read back loads and behaves the same."""
+    monkeypatch.setenv("PYTRACER_CACHE_DIR", str(tmp_path / "cache"))
+    os.chmod(tmp_path, 0o700)
+    lay = events.get_layout("probe_event")
+    for attempt in range(2):
+        with BPFObject(ENGINE, rodata={"target_tgid": os.getpid()}) as obj:
+            obj.attach()
+            getppid_n(10)
+            assert len(obj.ring_buffer("events").read(lay.struct)) == 10
+        assert len(os.listdir(tmp_path / "cache")) == 1
+
+
+def test_cache_refuses_group_writable_dir(tmp_path, monkeypatch, capsys, kernel):
+    from pytracer import cache
+
+    d = tmp_path / "c"
+    d.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(d, 0o777)
+    monkeypatch.setenv("PYTRACER_CACHE_DIR", str(d))
+    monkeypatch.setattr(cache, "_warned", False)
+    assert cache.put("k", {"x": 1}) is False
+    assert os.listdir(d) == []
+    assert "writable by group or others" in capsys.readouterr().err
+
+
+def test_ring_buffer_overflow_is_counted(no_leaks):
+    """With a one-page ring buffer most records cannot be reserved: delivered + lost == produced."""
+    lay = events.get_layout("probe_event")
+    with BPFObject(ENGINE, rodata={"target_tgid": os.getpid()}, map_max_entries={"events": 4096},
+                   use_cache=False) as obj:
+        obj.attach()
+        rb = obj.ring_buffer("events")
+        getppid_n(5000)
+        delivered = len(rb.read(lay.struct))
+        lost = obj.maps["lost"].sum_percpu_u64()
+        assert lost > 0
+        assert delivered + lost == 5000
+
+
+def test_verifier_rejection_shows_log_and_source(kernel):
+    with pytest.raises(errors.VerifierError) as ei:
+        BPFObject(obj_path("invalid"), use_cache=False)
+    msg = str(ei.value)
+    assert "verifier rejected program" in msg
+    assert "invalid.bpf.c" in msg          # source location from BTF line info
+    assert "verifier log:" in msg and "R" in ei.value.log
+
+
+def _mutated(tmp_path, old, new):
+    data = open(ENGINE, "rb").read()
+    assert old in data and len(old) == len(new)
+    p = tmp_path / "mutated.bpf.o"
+    p.write_bytes(data.replace(old, new))
+    return str(p)
+
+
+def test_unknown_section_is_a_clear_error(tmp_path, kernel):
+    p = _mutated(tmp_path, b"tracepoint/syscalls/sys_enter_getppid", b"kprobe/xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx")
+    with pytest.raises(errors.ObjectFormatError, match="unknown program section 'kprobe/"):
+        BPFObject(p, use_cache=False)
+
+
+def test_missing_tracepoint_is_a_clear_error(tmp_path, no_leaks):
+    p = _mutated(tmp_path, b"tracepoint/syscalls/sys_enter_getppid", b"tracepoint/syscalls/sys_enter_nothere")
+    with BPFObject(p, use_cache=False) as obj:
+        with pytest.raises(errors.AttachError, match="tracepoint syscalls:sys_enter_nothere does not exist"):
+            obj.attach()
+
+
+@pytest.mark.parametrize("cut", [0, 10, 64, 1000, -200])
+def test_truncated_object(tmp_path, cut):
+    data = open(ENGINE, "rb").read()
+    p = tmp_path / "t.bpf.o"
+    p.write_bytes(data[:cut] if cut >= 0 else data[:len(data) + cut])
+    with pytest.raises(errors.ObjectFormatError):
+        BPFObject(str(p), use_cache=False)
+
+
+def test_garbage_object(tmp_path):
+    p = tmp_path / "g.bpf.o"
+    p.write_bytes(os.urandom(4096))
+    with pytest.raises(errors.ObjectFormatError, match="not an ELF file"):
+        BPFObject(str(p), use_cache=False)
+
+
+def test_corrupt_btf_section(tmp_path):
+    data = bytearray(open(ENGINE, "rb").read())
+    from elftools.elf.elffile import ELFFile
+    import io
+
+    sec = ELFFile(io.BytesIO(bytes(data))).get_section_by_name(".BTF")
+    off = sec["sh_offset"]
+    data[off:off + 2] = b"\x00\x00"          # bad magic
+    p = tmp_path / "b.bpf.o"
+    p.write_bytes(bytes(data))
+    with pytest.raises(errors.ObjectFormatError):
+        BPFObject(str(p), use_cache=False)
+
+
+CHILD = textwrap.dedent("""
+    import os, signal, sys, time
+    sys.path.insert(0, {root!r})
+    from pytracer.loader import BPFObject
+    how = sys.argv[1]
+    with BPFObject({obj!r}, rodata={{"target_tgid": os.getpid()}}, use_cache=False) as obj:
+        obj.attach()
+        rb = obj.ring_buffer("events")
+        os.getppid()
+        print("ATTACHED", flush=True)
+        if how == "exception":
+            raise RuntimeError("boom")
+        if how in ("sigint", "sigterm", "sigkill"):
+            time.sleep(60)
+""")
+
+
+@pytest.mark.parametrize("how", ["return", "exception", "sigint", "sigterm", "sigkill"])
+def test_nothing_left_in_kernel(how, kernel, tmp_path):
+    before = inventory.snapshot()
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(root=ROOT, obj=ENGINE))
+    p = subprocess.Popen([sys.executable, str(script), how], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=run_env())
+    assert p.stdout.readline().strip() == "ATTACHED"
+    during = inventory.snapshot()
+    assert during["prog"] - before["prog"], "the child loaded no program?"
+    sig = {"sigint": 2, "sigterm": 15, "sigkill": 9}.get(how)
+    if sig:
+        p.send_signal(sig)
+    p.wait(timeout=20)
+    assert_nothing_left(before, how)
+
+
+def test_record_layouts_match_btf(kernel):
+    """The construct layouts and the C structs (from the objects' BTF) agree field by field."""
+    from pytracer.btf import BTF
+    from pytracer.elf import read_object
+
+    for objname, sname in (("tcpsnoop", "tcpsnoop_event"), ("enginetest", "probe_event")):
+        spec = read_object(obj_path(objname))
+        btf = BTF(spec.btf)
+        ids = btf.find_by_name(sname)
+        assert ids, f"{sname} not in {objname}'s BTF"
+        t = btf.type(ids[0])
+        c_fields = [(m.name, m.bit_offset // 8, btf.resolve_size(m.type)) for m in t.members
+                    if not m.name.startswith("_")]
+        lay = events.get_layout(sname)
+        assert [(f.name, f.offset, f.size) for f in lay.fields] == c_fields
+        assert lay.struct.size == t.size
+
+
+def test_event_enum_matches_header(kernel):
+    from pytracer.btf import BTF
+    from pytracer.elf import read_object
+
+    btf = BTF(read_object(obj_path("tcpsnoop")).btf)
+    values = {}
+    for tid in btf.find_by_name("ev_type"):
+        values.update(dict(btf.type(tid).values))
+    for name in ("EV_CONNECT", "EV_ACCEPT", "EV_SEND", "EV_RECV", "EV_RESET", "EV_CLOSE", "EV_RESET_CLOSED_PORT"):
+        assert values[name] == getattr(events, name), name
+
+
+def test_struct_decoder_equals_construct():
+    """The derived struct decoder gives the same values as construct's own parser."""
+    con = events.tcpsnoop_event()
+    lay = events.get_layout("tcpsnoop_event")
+    raw = bytes(range(256))[:lay.struct.size]
+    parsed = con.parse(raw)
+    for name, value in zip(lay.names, lay.struct.unpack(raw)):
+        assert parsed[name] == value, name
