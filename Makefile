@@ -77,3 +77,85 @@ clean-bytecode:
 	rm -f $(BPF_OUT_DIR)/*.bpf.o $(BPF_OUT_DIR)/*.bpf.o.tmp
 
 # ---- other targets ---------------------------------------------------------------
+
+# ---- setup, run, tests ---------------------------------------------------------------
+# `make run` and `make test` work on a fresh machine: they create .venv and install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+ARGS ?=
+KERNEL ?= linux-image-6.1.0-47-cloud-amd64
+
+.PHONY: setup run test vmtest
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(VPY) setup.cfg pyproject.toml
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	@touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(VPY) -m pytracer $(ARGS)
+
+test: setup
+	$(VPY) -m pytest -q tests
+
+# The kernel test suite on another Debian kernel package, booted under qemu/KVM (see docs/vmtest.md).
+vmtest: setup
+	tests/vm/vmtest --kernel-package $(KERNEL) -- $(abspath $(VPY)) -m pytest -q tests
+
+# ---- benchmarks (bench/, BENCHMARKS.md) ---------------------------------------------------------
+# `make bench` (a few minutes, as root) installs the peers (bench/setup.sh: apt, idempotent), runs every
+# benchmark against them in one run and regenerates BENCHMARKS.md. `make bench-quick` (under a minute)
+# writes bench/results/BENCHMARKS-quick.md instead. Benchmarks never gate CI (tests/test_bench_smoke.py
+# only checks that the scripts still run).
+BENCH_PY ?= $(if $(VENV),$(VENV),.venv)/bin/python
+
+.PHONY: bench bench-quick bench-setup
+
+bench-setup: setup
+	bench/setup.sh
+
+bench: bench-setup
+	$(BENCH_PY) bench/run.py --out BENCHMARKS.md
+
+bench-quick: bench-setup
+	@mkdir -p bench/results
+	$(BENCH_PY) bench/run.py --quick --out bench/results/BENCHMARKS-quick.md
+
+# ---- reliability: fuzzing and soak (issue #5; tests/test_fuzz.py, tests/fuzz/, bench/soak.py) ---------
+# `make fuzz`: a long fuzzing run of every target in tests/fuzz/harness.py, FUZZ_SECONDS each (default
+# 300), coverage-guided with atheris (installed into the venv if pip can; crashes are saved under
+# tests/fuzz/crashes/, replay with `harness.py --target T --repro FILE`); without atheris, the hypothesis
+# tests of tests/test_fuzz.py with FUZZ_SCALE (default 100) times their CI example counts.
+# `make soak` (root): bench/soak.py for SOAK_SECONDS (default 600) under the mixed workload; the report is
+# printed and written to SOAK_REPORT (JSON); exit status 1 if the tracer grew, leaked or misbehaved.
+RELY_PY ?= $(if $(VENV),$(VENV),.venv)/bin/python
+FUZZ_SECONDS ?= 300
+FUZZ_SCALE ?= 100
+FUZZ_TARGETS ?= elf pipeline btf_object btf_vmlinux btf_ext core records
+SOAK_SECONDS ?= 600
+SOAK_REPORT ?= /tmp/pytracer-soak-report.json
+
+.PHONY: fuzz soak
+
+fuzz: setup
+	@$(RELY_PY) -c 'import atheris' 2>/dev/null || $(RELY_PY) -m pip install -q atheris 2>/dev/null || true
+	@if $(RELY_PY) -c 'import atheris' 2>/dev/null; then \
+		status=0; \
+		for t in $(FUZZ_TARGETS); do \
+			echo "== fuzz $$t ($(FUZZ_SECONDS) s, atheris)"; \
+			$(RELY_PY) tests/fuzz/harness.py --target $$t --seconds $(FUZZ_SECONDS) || status=1; \
+		done; \
+		exit $$status; \
+	else \
+		echo "== fuzz: atheris unavailable; hypothesis with $(FUZZ_SCALE)x the CI examples"; \
+		PYTRACER_FUZZ_EXAMPLES=$(FUZZ_SCALE) $(RELY_PY) -m pytest -q tests/test_fuzz.py; \
+	fi
+
+soak: setup
+	SOAK_SECONDS=$(SOAK_SECONDS) $(RELY_PY) bench/soak.py --json $(SOAK_REPORT)

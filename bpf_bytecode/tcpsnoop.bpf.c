@@ -121,6 +121,8 @@ struct {
 
 /* Keeps the record layout in the object's BTF for the Python-side layout test. */
 const struct tcpsnoop_event *const __unused_event = 0;
+/* Likewise for the event type numbers, which Python checks against its own constants. */
+const enum ev_type __unused_ev_type = EV_CONNECT;
 
 /* ---- classic tracepoint records (from events/<cat>/<name>/format) --------- */
 struct tp_common {

@@ -1,0 +1,129 @@
+"""`python -m pytracer` as a user runs it: output formats on real traffic, options, packaging."""
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+import traffic
+from conftest import ROOT, kernel_unavailable, pytracer_cmd, run_env
+
+HEADER = "  UID    PID LADDR           LPORT DR RADDR           RPORT  SIZE CMD"
+LINE = re.compile(r"^ {0,4}\d{1,5} {1,6}\d{1,6} (\S+) +(\d+) (->|<-|--) (\S+) +(\d+) +(\d+|-) (.*)$")
+
+
+def start_tracer(*args, env=None):
+    """Start the CLI and wait for its first line (the header: programs are attached from then on)."""
+    p = subprocess.Popen(pytracer_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env or run_env(), cwd="/")
+    return p
+
+
+def wait_ready(p, json_mode=False):
+    if json_mode:
+        # JSON mode prints no header; give it the time a warm start takes, plus margin
+        time.sleep(1.5)
+        return None
+    return p.stdout.readline().rstrip("\n")
+
+
+def test_classic_output(kernel, no_leaks):
+    s = traffic.server("tsrv", "4", "127.0.0.1", 5000, 300)
+    p = start_tracer("-d", "4", "-P", str(s.port))
+    assert wait_ready(p) == HEADER
+    c = traffic.client("tcli", "4", "127.0.0.1", s.port, 5000, 300)
+    c.go()
+    c.wait()
+    s.wait()
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    lines = [ln for ln in out.splitlines() if ln]
+    parsed = [LINE.match(ln) for ln in lines]
+    assert all(parsed), [ln for ln, m in zip(lines, parsed) if not m]
+    # the first line of the client is its SYN, in tcpsnoop's exact layout
+    cpid = c.pids["tcli"]
+    syn = "%5d %6d %-15s %5d %2s %-15s %5d %5d %s" % (0, cpid, "127.0.0.1", int(parsed[0].group(2)), "->",
+                                                     "127.0.0.1", s.port, 54, "tcli")
+    assert lines[0] == syn
+    spid = s.pids["tsrv"]
+    acc = [ln for ln in lines if f" {spid} " in ln][:3]
+    assert [m.group(3) for m in map(LINE.match, acc)] == ["<-", "->", "<-"]
+    assert all(LINE.match(ln).group(6) == "54" for ln in acc)
+    closes = [LINE.match(ln) for ln in lines if " -- " in ln]
+    assert len(closes) == 2 and all("close tx=" in m.group(7) for m in closes)
+
+
+def test_json_schema(kernel, no_leaks):
+    s = traffic.server("tsrv", "6", "::1", 4000, 200)
+    p = start_tracer("-j", "-d", "4", "-P", str(s.port))
+    wait_ready(p, json_mode=True)
+    c = traffic.client("tcli", "6", "::1", s.port, 4000, 200)
+    c.go()
+    c.wait()
+    s.wait()
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    objs = [json.loads(ln) for ln in out.splitlines()]
+    assert objs
+    base = {"ts": float, "event": str, "dir": str, "pid": int, "uid": int, "comm": str, "family": int,
+            "laddr": str, "lport": int, "raddr": str, "rport": int, "size": int, "payload": int, "netns": int}
+    for o in objs:
+        keys = dict(base)
+        if o["event"] == "close":
+            keys.update(tx_bytes=int, rx_bytes=int, duration_ms=float)
+        assert set(o) == set(keys), o
+        for k, t in keys.items():
+            assert isinstance(o[k], t), (k, o)
+        assert o["event"] in ("connect", "accept", "send", "recv", "reset", "close")
+        assert o["dir"] in ("in", "out") and o["family"] == 6
+        assert abs(o["ts"] - time.time()) < 60
+    events = {o["event"] for o in objs}
+    assert {"connect", "accept", "send", "recv", "close"} <= events
+    closes = [o for o in objs if o["event"] == "close"]
+    assert sorted((o["tx_bytes"], o["rx_bytes"]) for o in closes) == [(200, 4000), (4000, 200)]
+
+
+def test_timestamp_column(kernel, no_leaks):
+    s = traffic.server("tsrv", "4", "127.0.0.1", 100, 100)
+    p = start_tracer("-t", "-d", "3", "-P", str(s.port))
+    header = wait_ready(p)
+    assert header.startswith("TIME(s)   ") and header.endswith(HEADER)
+    c = traffic.client("tcli", "4", "127.0.0.1", s.port, 100, 100)
+    c.go()
+    c.wait()
+    s.wait()
+    out, _ = p.communicate(timeout=30)
+    times = [float(ln.split()[0]) for ln in out.splitlines()]
+    assert times and all(0 <= t < 10 for t in times)
+
+
+def test_duration_ends_quietly(kernel, no_leaks):
+    t = time.monotonic()
+    r = subprocess.run(pytracer_cmd("-d", "1"), capture_output=True, text=True, env=run_env(), timeout=30)
+    assert r.returncode == 0 and r.stderr == ""
+    assert 1 <= time.monotonic() - t < 10
+
+
+def test_bad_option_is_a_usage_error():
+    r = subprocess.run(pytracer_cmd("--ringbuf-mb", "3"), capture_output=True, text=True, env=run_env())
+    assert r.returncode == 2 and "power of two" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_pip_install_and_version_from_anywhere(tmp_path):
+    """`pip install .` into a fresh venv; the installed package runs from any directory with its objects."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", ROOT], capture_output=True, text=True)
+    if pip.returncode:
+        if "Could not find a version" in pip.stderr or "connection" in pip.stderr.lower():
+            kernel_unavailable(f"no package index reachable: {pip.stderr[-300:]}")
+        raise AssertionError(pip.stderr)
+    py = str(venv / "bin" / "python")
+    r = subprocess.run([py, "-m", "pytracer", "--version"], capture_output=True, text=True, cwd=str(tmp_path))
+    assert r.returncode == 0 and r.stdout.strip().startswith("pytracer ")
+    r = subprocess.run([py, "-c", "import pytracer.tcpsnoop as t, os; print(os.path.getsize(t.OBJECT))"],
+                       capture_output=True, text=True, cwd=str(tmp_path))
+    assert r.returncode == 0 and int(r.stdout) > 1000
