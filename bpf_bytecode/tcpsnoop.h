@@ -8,12 +8,17 @@
  * definition can mirror it field by field; the object's BTF carries it (see
  * __unused_event in tcpsnoop.bpf.c) so a test can compare the two.
  *
+ * Field order: first what changes from record to record, then the connection's identity (sk through
+ * family: socket, owner and addresses), contiguous so that user space can take those 80 bytes as one
+ * key and format a connection's constant columns once (see pytracer/tcpsnoop.py).  All fields are written
+ * after the record is zeroed, so padding is always zero and equal identities compare equal.
+ *
  * Offsets (bytes):
- *    0 ts_ns       8 sk         16 cgroup_id   24 tx_bytes   32 rx_bytes
- *   40 start_ns   48 pid        52 uid         56 netns      60 size
- *   64 payload    68 lport      70 rport       72 laddr[16]  88 raddr[16]
- *  104 family    105 type      106 dir        107 tcp_flags 108 attr
- *  109 _pad[3]   112 comm[16]  128 gso_segs   130 gso_size  132 _pad2
+ *    0 ts_ns       8 tx_bytes   16 rx_bytes   24 start_ns   32 cgroup_id
+ *   40 size       44 payload    48 type       49 dir        50 tcp_flags  51 attr
+ *   52 gso_segs   54 gso_size
+ *   56 sk         64 pid        68 uid        72 netns      76 lport      78 rport
+ *   80 laddr[16]  96 raddr[16] 112 comm[16]  128 family    129 _pad[7]
  *  size 136
  */
 #ifndef PYTRACER_TCPSNOOP_H
@@ -41,37 +46,36 @@ enum ev_type {
 
 struct tcpsnoop_event {
 	__u64 ts_ns;		/* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
-	__u64 sk;		/* kernel socket address: the connection's identity */
-	__u64 cgroup_id;	/* owner's cgroup v2 id */
 	__u64 tx_bytes;		/* new payload bytes sent so far (retransmits excluded) */
 	__u64 rx_bytes;		/* new payload bytes received so far */
 	__u64 start_ns;		/* when the connection started; 0 = before the tracer */
-	__u32 pid;		/* owner's tgid; 0 if unknown */
-	__u32 uid;		/* owner's uid */
-	__u32 netns;		/* network namespace inode number */
+	__u64 cgroup_id;	/* owner's cgroup v2 id */
 	__u32 size;		/* Ethernet-wire size: IP packet + 14 (whole GSO/GRO super-packet) */
 	__u32 payload;		/* TCP payload bytes in this skb */
-	__u16 lport;		/* host byte order */
-	__u16 rport;		/* host byte order */
-	__u8 laddr[16];		/* IPv4 in the first 4 bytes */
-	__u8 raddr[16];
-	__u8 family;		/* AF_INET or AF_INET6 as seen on the packet/socket */
 	__u8 type;		/* enum ev_type */
 	__u8 dir;		/* 0 = sent (->), 1 = received (<-) */
 	__u8 tcp_flags;		/* FIN 1 SYN 2 RST 4 PSH 8 ACK 16 (URG 32 ECE 64 CWR 128) */
 	__u8 attr;		/* ATTR_* bits */
-	__u8 _pad[3];
-	char comm[16];		/* owner's comm */
 	/*
-	 * Added to the original layout: with TSO/GSO on send (and GRO, or
-	 * veth/loopback pass-through, on receive) one skb stands for gso_segs
-	 * wire packets of gso_size payload bytes each (the last one shorter).
-	 * gso_segs is 1 and gso_size 0 for an ordinary packet.  Python needs
-	 * both to print wire-sized lines as tcpsnoop did.
+	 * With TSO/GSO on send (and GRO, or veth/loopback pass-through, on
+	 * receive) one skb stands for gso_segs wire packets of gso_size payload
+	 * bytes each (the last one shorter).  gso_segs is 1 and gso_size 0 for
+	 * an ordinary packet.
 	 */
 	__u16 gso_segs;
 	__u16 gso_size;
-	__u32 _pad2;
+	/* --- the connection's identity: contiguous, see above --- */
+	__u64 sk;		/* kernel socket address */
+	__u32 pid;		/* owner's tgid; 0 if unknown */
+	__u32 uid;		/* owner's uid */
+	__u32 netns;		/* network namespace inode number */
+	__u16 lport;		/* host byte order */
+	__u16 rport;		/* host byte order */
+	__u8 laddr[16];		/* IPv4 in the first 4 bytes */
+	__u8 raddr[16];
+	char comm[16];		/* owner's comm */
+	__u8 family;		/* AF_INET or AF_INET6 as seen on the packet/socket */
+	__u8 _pad[7];
 };
 
 #endif /* PYTRACER_TCPSNOOP_H */

@@ -51,15 +51,34 @@ def parse_args(argv):
     return a
 
 
-class ClassicWriter:
-    def __init__(self, out, timestamps, wide, t0):
+class _Writer:
+    """Formats lines. A connection's constant columns are rendered once per Conn and reused: per line only
+    the time, size and (JSON) event fields are formatted."""
+
+    MAX_CACHED = 65536
+
+    def __init__(self, out):
         self.out = out
+        self._conn_text = {}
+
+    def rendered(self, conn):
+        text = self._conn_text.get(conn)
+        if text is None:
+            if len(self._conn_text) >= self.MAX_CACHED:
+                self._conn_text.clear()
+            text = self._conn_text[conn] = self.render(conn)
+        return text
+
+    def emit(self, parts):
+        self.out.write("".join(parts))
+        self.out.flush()
+
+
+class ClassicWriter(_Writer):
+    def __init__(self, out, timestamps, wide, t0):
+        super().__init__(out)
         self.t0 = t0
-        w = 39 if wide else 15
-        self.w = w
-        ts = "%-9.3f " if timestamps else ""
-        self.fmt = ts + "%5d %6d %-" + str(w) + "s %5d %2s %-" + str(w) + "s %5d %5d %s\n"
-        self.close_fmt = ts + "%5d %6d %-" + str(w) + "s %5d -- %-" + str(w) + "s %5d %5s %s close tx=%d rx=%d ms=%s\n"
+        self.w = 39 if wide else 15
         self.timestamps = timestamps
 
     def header(self):
@@ -67,52 +86,54 @@ class ClassicWriter:
         self.out.write(("%-9s " % "TIME(s)" if self.timestamps else "") + h + "\n")
         self.out.flush()
 
+    def render(self, c):
+        """(prefix for '->', prefix for '<-', prefix for a close line, suffix)."""
+        w = self.w
+        cols = "%5d %6d %-*s %5d %%s %-*s %5d " % (c.uid, c.pid, w, c.laddr, c.lport, w, c.raddr, c.rport)
+        return cols % "->", cols % "<-", cols % "--", " " + c.comm
+
     def write(self, lines):
-        fmt, cfmt, t0, ts_on = self.fmt, self.close_fmt, self.t0, self.timestamps
+        rendered, t0, ts_on = self.rendered, self.t0, self.timestamps
         parts = []
-        for ln in lines:
-            (ts, event, d, pid, uid, comm, _fam, la, lp, ra, rp, size, _pl, _ns, tx, rx, dur) = ln
-            if event == "close":
-                vals = (uid, pid, la, lp, ra, rp, "-", comm, tx, rx, "-" if dur is None else "%.3f" % dur)
-                parts.append(cfmt % (((ts - t0),) + vals if ts_on else vals))
-                continue
-            vals = (uid, pid, la, lp, "->" if d == "out" else "<-", ra, rp, size, comm)
-            parts.append(fmt % (((ts - t0),) + vals if ts_on else vals))
-        self.out.write("".join(parts))
-        self.out.flush()
+        for ts, event, d, conn, size, _payload, close in lines:
+            out_pre, in_pre, close_pre, suffix = rendered(conn)
+            if ts_on:
+                parts.append("%-9.3f " % (ts - t0))
+            if close is None:
+                parts.append("%s%5d%s\n" % (out_pre if d == "out" else in_pre, size, suffix))
+            else:
+                tx, rx, dur = close
+                parts.append("%s    -%s close tx=%d rx=%d ms=%s\n" % (
+                    close_pre, suffix, tx, rx, "-" if dur is None else "%.3f" % dur))
+        self.emit(parts)
 
     def lost(self, count):
         sys.stderr.write(f"pytracer: {count} events lost (the ring buffer was full; try --ringbuf-mb or filters)\n")
         sys.stderr.flush()
 
 
-class JsonWriter:
-    def __init__(self, out):
-        self.out = out
-        self._comm = {}
-
+class JsonWriter(_Writer):
     def header(self):
         pass
 
+    def render(self, c):
+        return (', "pid": %d, "uid": %d, "comm": %s, "family": %d, "laddr": "%s", "lport": %d, "raddr": "%s", '
+                '"rport": %d, "netns": %d' % (c.pid, c.uid, json.dumps(c.comm), c.family, c.laddr, c.lport,
+                                              c.raddr, c.rport, c.netns))
+
     def write(self, lines):
-        cache = self._comm
+        rendered = self.rendered
         parts = []
-        for ln in lines:
-            (ts, event, d, pid, uid, comm, fam, la, lp, ra, rp, size, pl, ns, tx, rx, dur) = ln
-            jc = cache.get(comm)
-            if jc is None:
-                if len(cache) > 4096:
-                    cache.clear()
-                jc = cache[comm] = json.dumps(comm)
-            s = ('{"ts": %.6f, "event": "%s", "dir": "%s", "pid": %d, "uid": %d, "comm": %s, "family": %d, '
-                 '"laddr": "%s", "lport": %d, "raddr": "%s", "rport": %d, "size": %d, "payload": %d, "netns": %d'
-                 % (ts, event, d, pid, uid, jc, fam, la, lp, ra, rp, size, pl, ns))
-            if event == "close":
-                s += ', "tx_bytes": %d, "rx_bytes": %d, "duration_ms": %s' % (
-                    tx, rx, "null" if dur is None else "%.3f" % dur)
-            parts.append(s + "}\n")
-        self.out.write("".join(parts))
-        self.out.flush()
+        for ts, event, d, conn, size, payload, close in lines:
+            if close is None:
+                parts.append('{"ts": %.6f, "event": "%s", "dir": "%s"%s, "size": %d, "payload": %d}\n'
+                             % (ts, event, d, rendered(conn), size, payload))
+            else:
+                tx, rx, dur = close
+                parts.append('{"ts": %.6f, "event": "close", "dir": "%s"%s, "size": 0, "payload": 0, '
+                             '"tx_bytes": %d, "rx_bytes": %d, "duration_ms": %s}\n'
+                             % (ts, d, rendered(conn), tx, rx, "null" if dur is None else "%.3f" % dur))
+        self.emit(parts)
 
     def lost(self, count):
         self.out.write('{"ts": %.6f, "event": "lost", "count": %d}\n' % (time.time(), count))

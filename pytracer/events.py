@@ -9,7 +9,7 @@ the object's BTF, field by field.
 import struct
 from collections import namedtuple
 
-Field = namedtuple("Field", "name offset size")
+Field = namedtuple("Field", "name offset size code")
 Layout = namedtuple("Layout", "struct names fields")
 
 # Event types and attributes: must match bpf_bytecode/tcpsnoop.h (a test checks them against BTF enums).
@@ -27,30 +27,30 @@ def tcpsnoop_event():
 
     return Struct(
         "ts_ns" / Int64ul,
-        "sk" / Int64ul,
-        "cgroup_id" / Int64ul,
         "tx_bytes" / Int64ul,
         "rx_bytes" / Int64ul,
         "start_ns" / Int64ul,
-        "pid" / Int32ul,
-        "uid" / Int32ul,
-        "netns" / Int32ul,
+        "cgroup_id" / Int64ul,
         "size" / Int32ul,
         "payload" / Int32ul,
-        "lport" / Int16ul,
-        "rport" / Int16ul,
-        "laddr" / Bytes(16),
-        "raddr" / Bytes(16),
-        "family" / Int8ul,
         "type" / Int8ul,
         "dir" / Int8ul,
         "tcp_flags" / Int8ul,
         "attr" / Int8ul,
-        Padding(3),
-        "comm" / Bytes(16),
         "gso_segs" / Int16ul,
         "gso_size" / Int16ul,
-        Padding(4),
+        # the connection's identity, contiguous (see tcpsnoop.h): decoded as one key by group()
+        "sk" / Int64ul,
+        "pid" / Int32ul,
+        "uid" / Int32ul,
+        "netns" / Int32ul,
+        "lport" / Int16ul,
+        "rport" / Int16ul,
+        "laddr" / Bytes(16),
+        "raddr" / Bytes(16),
+        "comm" / Bytes(16),
+        "family" / Int8ul,
+        Padding(7),
     )
 
 
@@ -96,11 +96,34 @@ def layout(con):
         name = sc.name if isinstance(sc, construct.Renamed) else None
         if name is not None:
             names.append(name)
-            fields.append(Field(name, off, size))
+            fields.append(Field(name, off, size, code))
         off += size
     s = struct.Struct("<" + "".join(codes))
     assert s.size == con.sizeof(), "struct and construct disagree on the record size"
     return Layout(s, tuple(names), tuple(fields))
+
+
+def split(lay, first):
+    """Two structs for a record whose fields from `first` to the end form a key (e.g. a connection's
+    identity): `head` decodes the fields before `first` one by one and everything after as one bytes
+    object (hashable, cheap to compare); `tail` decodes that bytes object into its fields."""
+    start = next(f.offset for f in lay.fields if f.name == first)
+
+    def fmt(fields, base, end):
+        codes, off = [], base
+        for f in fields:
+            if f.offset > off:
+                codes.append(f"{f.offset - off}x")
+            codes.append(f.code)
+            off = f.offset + f.size
+        if end > off:
+            codes.append(f"{end - off}x")
+        return "<" + "".join(codes)
+
+    size = lay.struct.size
+    head = struct.Struct(fmt([f for f in lay.fields if f.offset < start], 0, start) + f"{size - start}s")
+    tail = struct.Struct(fmt([f for f in lay.fields if f.offset >= start], start, size))
+    return head, tail
 
 
 _cache = {}

@@ -5,8 +5,10 @@
         for ev in snoop.events(duration=5):
             print(ev.event, ev.pid, ev.comm, ev.raddr, ev.size)
 
-Kernel records (one per segment, accept, reset or close) become "lines": tuples in LINE_FIELDS order, one per
-line tcpsnoop would print. The CLI formats lines straight from tuples (fast); API users get Event objects.
+Kernel records (one per segment, accept, reset or close) become "lines", one per line tcpsnoop would print:
+tuples (ts, event, dir, conn, size, payload, close) where `conn` is a Conn shared by every line of the same
+socket and owner (so output formats render a connection's constant columns once) and `close` is
+(tx_bytes, rx_bytes, duration_ms) for close lines, else None. API users get Event objects.
 """
 import os
 import socket
@@ -29,6 +31,9 @@ PENDING_MAX_PER_SOCKET = 256
 # A line: what one printed line / JSON object holds, in this order.
 LINE_FIELDS = ("ts", "event", "dir", "pid", "uid", "comm", "family", "laddr", "lport", "raddr", "rport",
                "size", "payload", "netns", "tx_bytes", "rx_bytes", "duration_ms")
+CONN_FIELDS = ("pid", "uid", "comm", "family", "laddr", "lport", "raddr", "rport", "netns")
+MAX_CONNS = 65536
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 EVENT_NAMES = {ev_mod.EV_CONNECT: "connect", ev_mod.EV_ACCEPT: "accept", ev_mod.EV_SEND: "send",
                ev_mod.EV_RECV: "recv", ev_mod.EV_RESET: "reset", ev_mod.EV_CLOSE: "close"}
 # tcpsnoop printed handshake packets with a fixed size: IP header + 20-byte TCP header + 14 (Ethernet)
@@ -49,6 +54,20 @@ def wanted_program(prog, have_sock_len):
     return True
 
 
+class Conn:
+    """A socket as seen with one owner: the columns that stay the same on all its lines."""
+
+    __slots__ = CONN_FIELDS + ("sk",)
+
+    def __init__(self, sk, pid, uid, comm, family, laddr, lport, raddr, rport, netns):
+        self.sk, self.pid, self.uid, self.comm, self.family = sk, pid, uid, comm, family
+        self.laddr, self.lport, self.raddr, self.rport, self.netns = laddr, lport, raddr, rport, netns
+
+    def with_owner(self, other):
+        return Conn(self.sk, other.pid, other.uid, other.comm, self.family, self.laddr, self.lport, self.raddr,
+                    self.rport, self.netns)
+
+
 class Event:
     """One traced packet, connection event or loss report (see README, "JSON schema")."""
 
@@ -56,8 +75,11 @@ class Event:
 
     def __init__(self, line=None, count=None):
         if line is not None:
-            for k, v in zip(LINE_FIELDS, line):
-                setattr(self, k, v)
+            ts, self.event, self.dir, conn, self.size, self.payload, close = line
+            self.ts = ts
+            for k in CONN_FIELDS:
+                setattr(self, k, getattr(conn, k))
+            self.tx_bytes, self.rx_bytes, self.duration_ms = close or (None, None, None)
             self.count = None
         else:
             for k in LINE_FIELDS:
@@ -196,8 +218,7 @@ class TcpSnoop:
         self.lost_pending = 0       # records dropped from the bounded pre-accept buffer
         self._reported_lost = 0
         self._pending = OrderedDict()   # sk -> [lines whose owner is not known yet]
-        self._addr_cache = {}
-        self._comm_cache = {}
+        self._conns = {}            # identity bytes (see tcpsnoop.h) -> Conn
         self.fallbacks = []         # human-readable notes about kernel features we worked around
         self.started = False
 
@@ -217,7 +238,7 @@ class TcpSnoop:
         try:
             self.obj.attach()
             self.rb = self.obj.ring_buffer("events")
-            self._record = ev_mod.get_layout("tcpsnoop_event").struct
+            self._record, self._identity = ev_mod.split(ev_mod.get_layout("tcpsnoop_event"), "sk")
             self._lost_map = self.obj.maps["lost"]
             self._epoch = time.time() - time.monotonic()
         except BaseException:
@@ -280,77 +301,64 @@ class TcpSnoop:
             yield Event(count=lost)
 
     # -- record -> lines -------------------------------------------------------------------------------
-    def _addr(self, family, raw):
-        key = (family, raw)
-        s = self._addr_cache.get(key)
-        if s is None:
-            if family == abi.AF_INET:
-                s = (4, socket.inet_ntop(socket.AF_INET, raw[:4]))
-            elif raw[:12] == b"\0" * 10 + b"\xff\xff":   # IPv4-mapped IPv6 prints as IPv4
-                s = (4, socket.inet_ntop(socket.AF_INET, raw[12:16]))
-            else:
-                s = (6, socket.inet_ntop(socket.AF_INET6, raw))
-            if len(self._addr_cache) > 65536:
-                self._addr_cache.clear()
-            self._addr_cache[key] = s
-        return s
-
-    def _comm(self, raw):
-        s = self._comm_cache.get(raw)
-        if s is None:
-            if len(self._comm_cache) > 65536:
-                self._comm_cache.clear()
-            s = self._comm_cache[raw] = escape_comm(raw)
-        return s
+    def _conn(self, ident):
+        """The Conn for an identity blob (socket, owner, addresses), made once and then shared."""
+        sk, pid, uid, netns, lport, rport, laddr, raddr, comm, family = self._identity.unpack(ident)
+        if family == abi.AF_INET:
+            fam, la, ra = 4, socket.inet_ntop(socket.AF_INET, laddr[:4]), socket.inet_ntop(socket.AF_INET, raddr[:4])
+        elif laddr[:12] == _V4_MAPPED and raddr[:12] == _V4_MAPPED:   # IPv4-mapped IPv6 prints as IPv4
+            fam, la, ra = 4, socket.inet_ntop(socket.AF_INET, laddr[12:]), socket.inet_ntop(socket.AF_INET, raddr[12:])
+        else:
+            fam, la, ra = 6, socket.inet_ntop(socket.AF_INET6, laddr), socket.inet_ntop(socket.AF_INET6, raddr)
+        if len(self._conns) >= MAX_CONNS:
+            self._conns.clear()
+        c = self._conns[ident] = Conn(sk, pid, uid, escape_comm(comm), fam, la, lport, ra, rport, netns)
+        return c
 
     def convert(self, records, out):
-        """Turn decoded kernel records (tuples in tcpsnoop_event order) into lines appended to `out`."""
+        """Turn kernel records (tuples from the `head` struct of events.split) into lines appended to `out`."""
         epoch = self._epoch
         pending = self._pending
-        for (ts_ns, sk, _cg, tx, rx, start_ns, pid, uid, netns, size, payload, lport, rport, laddr, raddr,
-             family, etype, direction, _flags, attr, comm, _segs, _segsize) in records:
-            fam, la = self._addr(family, laddr)
-            ra = self._addr(family, raddr)[1]
+        conns = self._conns
+        send, recv = ev_mod.EV_SEND, ev_mod.EV_RECV
+        for (ts_ns, tx, rx, start_ns, _cg, size, payload, etype, direction, _flags, attr, _segs, _segsize,
+             ident) in records:
+            conn = conns.get(ident)
+            if conn is None:
+                conn = self._conn(ident)
             ts = epoch + ts_ns / 1e9
-            name = self._comm(comm)
-            if etype == ev_mod.EV_SEND or etype == ev_mod.EV_RECV or etype == ev_mod.EV_CONNECT or \
-                    etype == ev_mod.EV_RESET:
+            if etype == send or etype == recv or etype == ev_mod.EV_CONNECT or etype == ev_mod.EV_RESET:
                 if etype == ev_mod.EV_CONNECT:
-                    size = HANDSHAKE_SIZE[fam]   # as tcpsnoop printed the SYN
-                line = (ts, EVENT_NAMES[etype], "in" if direction else "out", pid, uid, name, fam, la, lport,
-                        ra, rport, size, payload, netns, None, None, None)
+                    size = HANDSHAKE_SIZE[conn.family]   # as tcpsnoop printed the SYN
+                line = (ts, EVENT_NAMES[etype], "in" if direction else "out", conn, size, payload, None)
                 if attr & ev_mod.ATTR_OWNER_UNKNOWN:
-                    self._hold(sk, line)
+                    self._hold(conn.sk, line)
                     continue
-                if sk in pending:
-                    self._flush(sk, pid, uid, name, out)
+                if pending and conn.sk in pending:
+                    self._flush(conn, out)
                 out.append(line)
             elif etype == ev_mod.EV_ACCEPT:
                 if attr & ev_mod.ATTR_DISCARD:
-                    pending.pop(sk, None)
+                    pending.pop(conn.sk, None)
                     continue
-                hs = HANDSHAKE_SIZE[fam]
+                hs = HANDSHAKE_SIZE[conn.family]
                 t0 = epoch + start_ns / 1e9 if start_ns else ts
                 for d in ("in", "out", "in"):
-                    out.append((t0, "accept", d, pid, uid, name, fam, la, lport, ra, rport, hs, 0, netns,
-                                None, None, None))
-                self._flush(sk, pid, uid, name, out)
+                    out.append((t0, "accept", d, conn, hs, 0, None))
+                self._flush(conn, out)
             elif etype == ev_mod.EV_CLOSE:
                 if attr & ev_mod.ATTR_OWNER_UNKNOWN:
-                    held = pending.pop(sk, None)
+                    held = pending.pop(conn.sk, None)
                     if self.filters.by_owner:
                         continue  # never accepted, so its owner cannot be matched against the filter
                     if held:
                         out.extend(held)
                 dur = (ts_ns - start_ns) / 1e6 if start_ns else None
-                out.append((ts, "close", "out", pid, uid, name, fam, la, lport, ra, rport, 0, 0, netns,
-                            tx, rx, dur))
+                out.append((ts, "close", "out", conn, 0, 0, (tx, rx, dur)))
             elif etype == ev_mod.EV_RESET_CLOSED_PORT:
-                hs = HANDSHAKE_SIZE[fam]
-                out.append((ts, "recv", "in", 0, 0, "", fam, la, lport, ra, rport, hs, 0, netns, None, None,
-                            None))
-                out.append((ts, "reset", "out", 0, 0, "", fam, la, lport, ra, rport, hs, 0, netns, None, None,
-                            None))
+                hs = HANDSHAKE_SIZE[conn.family]
+                out.append((ts, "recv", "in", conn, hs, 0, None))
+                out.append((ts, "reset", "out", conn, hs, 0, None))
 
     def _hold(self, sk, line):
         held = self._pending.get(sk)
@@ -364,10 +372,14 @@ class TcpSnoop:
             return
         held.append(line)
 
-    def _flush(self, sk, pid, uid, name, out):
+    def _flush(self, owner, out):
         # The record that names the owner passed the kernel's owner filter, so the held lines may show.
-        held = self._pending.pop(sk, None)
+        held = self._pending.pop(owner.sk, None)
         if not held:
             return
-        for line in held:
-            out.append(line[:3] + (pid, uid, name) + line[6:])
+        relabelled = {}
+        for ts, event, d, conn, size, payload, close in held:
+            c = relabelled.get(conn)
+            if c is None:
+                c = relabelled[conn] = conn.with_owner(owner)
+            out.append((ts, event, d, c, size, payload, close))

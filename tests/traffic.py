@@ -25,6 +25,8 @@ class Peer:
             if not line:
                 raise RuntimeError(f"peer exited before saying {word}")
             parts = line.split()
+            if not parts:
+                continue
             if parts[0] == "PID":
                 self.pids[parts[1]] = int(parts[2])
             elif parts[0] == "LISTEN":
