@@ -189,15 +189,8 @@ def run(argv=None):
                 writer.write(lines)
             if now - last_loss_check >= 0.5:
                 last_loss_check = now
-                lost = snoop.new_losses()
-                if lost:
-                    writer.lost(lost)
-        lines = snoop.drain_lines()
-        if lines:
-            writer.write(lines)
-        lost = snoop.new_losses()
-        if lost:
-            writer.lost(lost)
+                _report_losses(snoop, writer)
+        _drain(snoop, writer)
         return 0
     except (KeyboardInterrupt, _Stop):
         _final_report(snoop, writer)
@@ -213,17 +206,26 @@ def run(argv=None):
         snoop.close()
 
 
+def _report_losses(snoop, writer):
+    lost = snoop.new_losses()
+    if lost:
+        writer.lost(lost)
+
+
+def _drain(snoop, writer):
+    """Print what is already in the ring buffer, and any losses."""
+    lines = snoop.drain_lines()
+    if lines:
+        writer.write(lines)
+    _report_losses(snoop, writer)
+
+
 def _final_report(snoop, writer):
     """On Ctrl-C/SIGTERM: print what is already read and any losses, then go."""
     if writer is None or snoop.obj is None:
         return
     try:
-        lines = snoop.drain_lines()
-        if lines:
-            writer.write(lines)
-        lost = snoop.new_losses()
-        if lost:
-            writer.lost(lost)
+        _drain(snoop, writer)
     except BrokenPipeError:
         _quiet_stdout()
     except (PytracerError, KeyboardInterrupt, _Stop):
