@@ -38,8 +38,8 @@ def parse_args(argv):
                    help="connections, resets and closes only: no per-segment lines")
     p.add_argument("-j", "--json", action="store_true", help="one JSON object per line (schema: README)")
     p.add_argument("-d", "--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
-    p.add_argument("--ringbuf-mb", type=int, default=8, metavar="MB",
-                   help="kernel ring buffer size in MiB, a power of two (default 8)")
+    p.add_argument("--ringbuf-mb", type=int, default=4, metavar="MB",
+                   help="kernel ring buffer size in MiB, a power of two (default 4)")
     p.add_argument("--no-cache", action="store_true", help="do not use the relocated-program cache")
     p.add_argument("--version", action="version", version=f"pytracer {__version__}")
     a = p.parse_args(argv)

@@ -22,7 +22,10 @@ from .errors import PytracerError
 OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf", "tcpsnoop.bpf.o")
 MAX_PIDS = 8
 MAX_PORTS = 8
-DEFAULT_RINGBUF = 8 << 20
+DEFAULT_RINGBUF = 4 << 20
+# Records taken from the ring buffer per read: big enough to amortise the call, small enough that the
+# lines made from one batch stay a few MB (memory stays flat under load).
+READ_BATCH = 4096
 # Segments of connections not yet accepted are held in user space; bounded so a listener that never
 # accepts cannot grow pytracer's memory (each held line is a tuple of ~17 fields, ~250 bytes).
 PENDING_MAX_SOCKETS = 1024
@@ -32,7 +35,7 @@ PENDING_MAX_PER_SOCKET = 256
 LINE_FIELDS = ("ts", "event", "dir", "pid", "uid", "comm", "family", "laddr", "lport", "raddr", "rport",
                "size", "payload", "netns", "tx_bytes", "rx_bytes", "duration_ms")
 CONN_FIELDS = ("pid", "uid", "comm", "family", "laddr", "lport", "raddr", "rport", "netns")
-MAX_CONNS = 65536
+MAX_CONNS = 16384
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 EVENT_NAMES = {ev_mod.EV_CONNECT: "connect", ev_mod.EV_ACCEPT: "accept", ev_mod.EV_SEND: "send",
                ev_mod.EV_RECV: "recv", ev_mod.EV_RESET: "reset", ev_mod.EV_CLOSE: "close"}
@@ -264,12 +267,20 @@ class TcpSnoop:
         """Wait up to `timeout` seconds, then return the lines of every record read (maybe none)."""
         out = []
         if self.rb.poll(timeout):
-            self.convert(self.rb.read(self._record), out)
+            self.convert(self.rb.read(self._record, READ_BATCH), out)
         return out
 
     def drain_lines(self):
+        """The lines of what is in the ring buffer now (used when stopping). Bounded by the buffer's size,
+        so a kernel that keeps producing cannot keep us here."""
         out = []
-        self.convert(self.rb.read(self._record), out)
+        left = self.ringbuf_size // self._record.size + 1
+        while left > 0:
+            records = self.rb.read(self._record, min(READ_BATCH, left))
+            if not records:
+                break
+            left -= len(records)
+            self.convert(records, out)
         return out
 
     def new_losses(self):
