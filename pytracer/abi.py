@@ -104,6 +104,9 @@ BPF_NOEXIST = 1
 BPF_EXIST = 2
 BPF_OBJ_NAME_LEN = 16
 
+# struct bpf_prog_info: offset of recursion_misses (after run_time_ns and run_cnt; Linux 5.12+)
+PROG_INFO_RECURSION_MISSES = 208
+
 # --- instructions ---------------------------------------------------------------------------------
 BPF_LD = 0x00
 BPF_LDX = 0x01

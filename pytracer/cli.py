@@ -14,6 +14,17 @@ CLASSIC_HEADER = "%5s %6s %-*s %5s %2s %-*s %5s %5s %s"
 DIRS = {"out": "->", "in": "<-"}
 
 
+LOSS_TEXT = {
+    "ringbuf": "{n} found the ring buffer full: try --ringbuf-mb or filters",
+    "skipped": "{n} tracepoint runs skipped by the kernel while another BPF program ran on that CPU",
+    "pending": "{n} held for unaccepted connections beyond the buffer's bound",
+}
+
+
+def describe_losses(reasons):
+    return "; ".join(LOSS_TEXT[k].format(n=n) for k, n in sorted(reasons.items()))
+
+
 class _Stop(Exception):
     """Raised from the SIGTERM handler to leave the read loop through the normal cleanup path."""
 
@@ -107,8 +118,8 @@ class ClassicWriter(_Writer):
                     close_pre, suffix, tx, rx, "-" if dur is None else "%.3f" % dur))
         self.emit(parts)
 
-    def lost(self, count):
-        sys.stderr.write(f"pytracer: {count} events lost (the ring buffer was full; try --ringbuf-mb or filters)\n")
+    def lost(self, count, reasons):
+        sys.stderr.write(f"pytracer: {count} events lost ({describe_losses(reasons)})\n")
         sys.stderr.flush()
 
 
@@ -135,8 +146,9 @@ class JsonWriter(_Writer):
                              % (ts, d, rendered(conn), tx, rx, "null" if dur is None else "%.3f" % dur))
         self.emit(parts)
 
-    def lost(self, count):
-        self.out.write('{"ts": %.6f, "event": "lost", "count": %d}\n' % (time.time(), count))
+    def lost(self, count, reasons):
+        self.out.write('{"ts": %.6f, "event": "lost", "count": %d, "reasons": %s}\n'
+                       % (time.time(), count, json.dumps(reasons, sort_keys=True)))
         self.out.flush()
 
 
@@ -209,7 +221,7 @@ def run(argv=None):
 def _report_losses(snoop, writer):
     lost = snoop.new_losses()
     if lost:
-        writer.lost(lost)
+        writer.lost(lost, snoop.last_losses)
 
 
 def _drain(snoop, writer):

@@ -12,6 +12,7 @@ from .syscall import Buffer, bpf, privilege_error, raise_from_oserror
 LOG_START = 1 << 20
 LOG_MAX = 1 << 28          # the kernel's own limit for log_size is UINT_MAX >> 2
 _INSN = struct.Struct("<BBhi")
+PROG_INFO_SIZE = abi.PROG_INFO_RECURSION_MISSES + 8
 
 
 def relocate_maps(prog, maps):
@@ -36,6 +37,20 @@ class Program:
         self.spec = spec
         self.name = spec.name
         self.fd = fd
+
+    def info(self):
+        """The kernel's struct bpf_prog_info for this program (raw bytes, as long as this kernel fills)."""
+        buf = Buffer(PROG_INFO_SIZE)
+        try:
+            bpf(abi.Cmd.OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", self.fd, PROG_INFO_SIZE, buf.addr))
+        except OSError as e:
+            raise_from_oserror(f"reading information about program {self.name}", e)
+        return buf.raw
+
+    def recursion_misses(self):
+        """Runs the kernel skipped because a BPF program was already running on that CPU (Linux 5.12+;
+        0 where the kernel does not count them). Such skips are lost events, so callers report them."""
+        return struct.unpack_from("<Q", self.info(), abi.PROG_INFO_RECURSION_MISSES)[0]
 
     def close(self):
         if self.fd >= 0:

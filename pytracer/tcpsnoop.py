@@ -74,24 +74,26 @@ class Conn:
 class Event:
     """One traced packet, connection event or loss report (see README, "JSON schema")."""
 
-    __slots__ = LINE_FIELDS + ("count",)
+    __slots__ = LINE_FIELDS + ("count", "reasons")
 
-    def __init__(self, line=None, count=None):
+    def __init__(self, line=None, losses=None):
         if line is not None:
             ts, self.event, self.dir, conn, self.size, self.payload, close = line
             self.ts = ts
             for k in CONN_FIELDS:
                 setattr(self, k, getattr(conn, k))
             self.tx_bytes, self.rx_bytes, self.duration_ms = close or (None, None, None)
-            self.count = None
+            self.count = self.reasons = None
         else:
             for k in LINE_FIELDS:
                 setattr(self, k, None)
-            self.event, self.ts, self.count = "lost", time.time(), count
+            self.event, self.ts = "lost", time.time()
+            self.reasons = dict(losses)
+            self.count = sum(self.reasons.values())
 
     def as_dict(self):
         if self.event == "lost":
-            return {"ts": self.ts, "event": "lost", "count": self.count}
+            return {"ts": self.ts, "event": "lost", "count": self.count, "reasons": self.reasons}
         d = {k: getattr(self, k) for k in LINE_FIELDS}
         if self.event != "close":
             for k in ("tx_bytes", "rx_bytes", "duration_ms"):
@@ -219,7 +221,9 @@ class TcpSnoop:
         self.obj = None
         self.lost_kernel = 0        # records the BPF side could not reserve (ring buffer full)
         self.lost_pending = 0       # records dropped from the bounded pre-accept buffer
-        self._reported_lost = 0
+        self.skipped = 0            # program runs the kernel skipped (recursion protection)
+        self._reported = {}
+        self.last_losses = {}
         self._pending = OrderedDict()   # sk -> [lines whose owner is not known yet]
         self._conns = {}            # identity bytes (see tcpsnoop.h) -> Conn
         self.fallbacks = []         # human-readable notes about kernel features we worked around
@@ -284,13 +288,18 @@ class TcpSnoop:
         return out
 
     def new_losses(self):
-        """Records lost since the last call (kernel ring buffer full + pre-accept buffer overflow)."""
+        """Events lost since the last call, in total; `self.last_losses` says why: "ringbuf" (the kernel
+        found the ring buffer full), "skipped" (the kernel skipped a program run because another BPF
+        program was running on that CPU), "pending" (the bounded pre-accept buffer overflowed)."""
         if self.obj is None:
             return 0
         self.lost_kernel = self._lost_map.sum_percpu_u64()
-        total = self.lost_kernel + self.lost_pending
-        delta, self._reported_lost = total - self._reported_lost, total
-        return delta
+        self.skipped = sum(p.recursion_misses() for p in self.obj.programs.values())
+        totals = {"ringbuf": self.lost_kernel, "skipped": self.skipped, "pending": self.lost_pending}
+        self.last_losses = {k: v - self._reported.get(k, 0) for k, v in totals.items()
+                            if v - self._reported.get(k, 0)}
+        self._reported = totals
+        return sum(self.last_losses.values())
 
     def events(self, duration=None, timeout=0.25):
         """Yield Event objects until `duration` seconds have passed (forever if None); losses appear as
@@ -302,14 +311,12 @@ class TcpSnoop:
             wait = timeout if end is None else max(0.0, min(timeout, end - time.monotonic()))
             for line in self.poll_lines(wait):
                 yield Event(line)
-            lost = self.new_losses()
-            if lost:
-                yield Event(count=lost)
+            if self.new_losses():
+                yield Event(losses=self.last_losses)
         for line in self.drain_lines():
             yield Event(line)
-        lost = self.new_losses()
-        if lost:
-            yield Event(count=lost)
+        if self.new_losses():
+            yield Event(losses=self.last_losses)
 
     # -- record -> lines -------------------------------------------------------------------------------
     def _conn(self, ident):

@@ -127,3 +127,42 @@ def test_pip_install_and_version_from_anywhere(tmp_path):
     r = subprocess.run([py, "-c", "import pytracer.tcpsnoop as t, os; print(os.path.getsize(t.OBJECT))"],
                        capture_output=True, text=True, cwd=str(tmp_path))
     assert r.returncode == 0 and int(r.stdout) > 1000
+
+
+CHATTY = """
+import ctypes, socket, sys
+ctypes.CDLL(None).prctl(15, b"tchatty", 0, 0, 0)
+s = socket.create_server(("127.0.0.1", 0))
+c = socket.create_connection(s.getsockname())
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+a, _ = s.accept()
+for _ in range(int(sys.argv[1])):
+    c.send(b"x")
+    a.recv(16)
+c.close(); a.close()
+print(s.getsockname()[1])
+"""
+
+
+@pytest.mark.parametrize("mode", ["json", "classic"])
+def test_losses_are_reported(kernel, no_leaks, mode):
+    """Stop the tracer while traffic fills its (1 MiB) ring buffer: the loss must be reported, with why."""
+    import signal
+
+    args = ["-d", "6", "--ringbuf-mb", "1", "-c", "tchatty"] + (["-j"] if mode == "json" else [])
+    p = start_tracer(*args)
+    wait_ready(p, json_mode=(mode == "json"))
+    p.send_signal(signal.SIGSTOP)
+    try:
+        subprocess.run([sys.executable, "-c", CHATTY, "30000"], check=True, capture_output=True, timeout=60)
+    finally:
+        p.send_signal(signal.SIGCONT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    if mode == "json":
+        lost = [json.loads(ln) for ln in out.splitlines() if '"lost"' in ln]
+        assert lost and sum(o["count"] for o in lost) > 0
+        assert all(o["reasons"].get("ringbuf", 0) > 0 for o in lost[:1])
+        assert sum(sum(o["reasons"].values()) for o in lost) == sum(o["count"] for o in lost)
+    else:
+        assert re.search(r"pytracer: \d+ events lost \(\d+ found the ring buffer full", err), err
