@@ -8,7 +8,6 @@ to 8 bytes. Positions only grow; the data index is pos & (size - 1).
 The hot path decodes a run of fixed-size records with one `struct.iter_unpack` call over the mapped memory
 (C speed) after checking, also in C, that every header in the run is committed and of the expected length.
 """
-import errno
 import mmap
 import os
 import select
@@ -86,9 +85,12 @@ class RingBuffer:
             avail = min(prod - cons, self.size, (limit - len(out)) * stride)
             n = avail // stride
             if n:
-                # all n headers committed, not discarded, and of our length? (checked in C)
-                lens = data[off:off + n * stride].cast("I")[::stride // 4]
-                if lens.tolist().count(size) == n:
+                # How many leading headers are committed, not discarded, and of our length? Checked in C
+                # for the common case (all of them); otherwise found once, so a batch stays linear.
+                lens = data[off:off + n * stride].cast("I")[::stride // 4].tolist()
+                if lens.count(size) != n:
+                    n = next(i for i, v in enumerate(lens) if v != size)
+                if n:
                     out.extend(fixed.iter_unpack(data[off:off + n * stride]))
                     cons += n * stride
                     continue
@@ -145,5 +147,3 @@ class RingBuffer:
     def __exit__(self, *exc):
         self.close()
 
-
-__all__ = ["RingBuffer", "BUSY", "DISCARD", "errno"]
