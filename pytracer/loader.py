@@ -67,7 +67,6 @@ class BPFObject:
         self.links = []
         self._ringbufs = []
         self.btf_fd = -1
-        self._source_btf = None
         try:
             self._load(rodata or {}, map_max_entries or {}, programs, use_cache)
         except BaseException:
@@ -106,19 +105,13 @@ class BPFObject:
             if wanted is not None and name not in wanted:
                 continue
             self.programs[name] = program_mod.load(pspec, self.maps, self.btf_fd, spec.license,
-                                                   self._lazy_source_btf(), self.core_failures)
+                                                   self._source_btf, self.core_failures)
 
-    def _lazy_source_btf(self):
-        spec = self.spec
+    def _source_btf(self):
+        """The object's BTF, parsed only when a rejection is to be annotated with C source lines."""
+        from .btf import BTF
 
-        class _Lazy:
-            def string(_, off):
-                if self._source_btf is None:
-                    from .btf import BTF
-                    self._source_btf = BTF(spec.btf)
-                return self._source_btf.string(off)
-
-        return _Lazy()
+        return BTF(self.spec.btf)
 
     def _load_btf(self, raw):
         if not raw:

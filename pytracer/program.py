@@ -59,7 +59,8 @@ class Program:
 
 
 def load(prog, maps, btf_fd, license_, source_btf=None, core_failures=()):
-    """Load one program. `source_btf` (a btf.BTF of the object) annotates a verifier rejection."""
+    """Load one program. `source_btf`, a callable returning the object's btf.BTF, is called only to annotate
+    a verifier rejection with C source lines (parsing BTF is not free)."""
     insns = relocate_maps(prog, maps)
     ibuf = Buffer(insns)
     lbuf = Buffer(license_.encode() + b"\0")
@@ -116,7 +117,7 @@ def load(prog, maps, btf_fd, license_, source_btf=None, core_failures=()):
                 f"/sys/kernel/btf/vmlinux)") from None
         raise PytracerError(f"the kernel refused program {prog.name} ({prog.section}): invalid argument "
                             f"and no verifier log") from None
-    raise VerifierError(summarise_rejection(prog, log, source_btf, core_failures),
+    raise VerifierError(summarise_rejection(prog, log, source_btf() if source_btf else None, core_failures),
                         annotate_log(log)) from None
 
 
