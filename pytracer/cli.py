@@ -18,6 +18,7 @@ LOSS_TEXT = {
     "ringbuf": "{n} found the ring buffer full: try --ringbuf-mb or filters",
     "skipped": "{n} tracepoint runs skipped by the kernel while another BPF program ran on that CPU",
     "pending": "{n} held for unaccepted connections beyond the buffer's bound",
+    "malformed": "{n} records of an unexpected size: the BPF object does not match this pytracer",
 }
 
 
@@ -163,6 +164,11 @@ def _quiet_stdout():
 
 
 def run(argv=None):
+    def on_term(signum, frame):
+        raise _Stop()
+
+    # first of all, so that a SIGTERM at any moment takes the same quiet way out
+    signal.signal(signal.SIGTERM, on_term)
     a = parse_args(sys.argv[1:] if argv is None else argv)
     from .syscall import missing_capabilities
     from .tcpsnoop import TcpSnoop
@@ -171,18 +177,13 @@ def run(argv=None):
         print(f"pytracer: needs root, or CAP_BPF and CAP_PERFMON (missing: {', '.join(missing_capabilities())}). "
               f"Run it with sudo.", file=sys.stderr)
         return 4
-
-    def on_term(signum, frame):
-        raise _Stop()
-
-    signal.signal(signal.SIGTERM, on_term)
     if a.no_cache:
         os.environ["PYTRACER_CACHE_DIR"] = "off"
     family = 4 if a.ipv4 else 6 if a.ipv6 else None
-    snoop = TcpSnoop(pids=a.pid, uid=a.uid, comm=a.comm, ports=a.port, family=family, cgroup=a.cgroup,
-                     no_data=a.no_data, ringbuf_size=a.ringbuf_mb << 20, use_cache=not a.no_cache)
-    writer = None
+    snoop = writer = None
     try:
+        snoop = TcpSnoop(pids=a.pid, uid=a.uid, comm=a.comm, ports=a.port, family=family, cgroup=a.cgroup,
+                         no_data=a.no_data, ringbuf_size=a.ringbuf_mb << 20, use_cache=not a.no_cache)
         snoop.start()
         for note in snoop.fallbacks:
             print(f"pytracer: note: {note}", file=sys.stderr)
@@ -215,7 +216,8 @@ def run(argv=None):
         return e.exit_status
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        snoop.close()
+        if snoop is not None:
+            snoop.close()
 
 
 def _report_losses(snoop, writer):
@@ -234,7 +236,7 @@ def _drain(snoop, writer):
 
 def _final_report(snoop, writer):
     """On Ctrl-C/SIGTERM: print what is already read and any losses, then go."""
-    if writer is None or snoop.obj is None:
+    if writer is None or snoop is None or snoop.obj is None:
         return
     try:
         _drain(snoop, writer)
@@ -247,6 +249,6 @@ def _final_report(snoop, writer):
 def main():
     try:
         status = run()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stop):
         status = 0
     sys.exit(status)

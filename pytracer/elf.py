@@ -9,13 +9,15 @@ import struct
 
 from . import abi
 from .btf import BTF, BTFExt
-from .errors import ObjectFormatError, PytracerError
+from .errors import BTFError, ObjectFormatError, PytracerError
 from .spec import CoreReloSpec, MapRelocSpec, MapSpec, ObjectSpec, ProgramSpec
 
 EM_BPF = 247
 SHT_NOBITS = 8
 SHF_EXECINSTR = 0x4
 GLOBAL_DATA_SECTIONS = (".rodata", ".data", ".bss")
+# A global-data section becomes one array map value; refuse absurd sizes before allocating them.
+MAX_GLOBAL_DATA = 1 << 24
 _INSN = struct.Struct("<BBhi")
 
 # section prefix -> (program type, expected attach type, attach kind)
@@ -58,8 +60,10 @@ def read_object(path_or_bytes, name=None):
             raise ObjectFormatError(f"cannot read BPF object {path}: {e.strerror}") from None
     try:
         return _Reader(data, path).read()
-    except PytracerError:
-        raise
+    except PytracerError as e:
+        if str(e).startswith(path):
+            raise
+        raise type(e)(f"{path}: {e}") if type(e) in (ObjectFormatError, BTFError) else e from None
     except Exception as e:  # pyelftools raises many kinds of errors on corrupt input
         raise ObjectFormatError(f"{path}: not a valid BPF object file ({type(e).__name__}: {e})") from None
 
@@ -270,6 +274,9 @@ class _Reader:
                 continue
             s = entry[1]
             size = s["sh_size"]
+            if size > MAX_GLOBAL_DATA:
+                raise ObjectFormatError(f"{self.path}: section {sec} claims {size} bytes; global data is "
+                                        f"limited to {MAX_GLOBAL_DATA} bytes")
             initial = bytes(size) if s["sh_type"] in ("SHT_NOBITS", SHT_NOBITS) else s.data()
             variables = {}
             for sym in self.symbols:

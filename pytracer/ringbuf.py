@@ -43,6 +43,7 @@ class RingBuffer:
         self._data = self._prod[page:]
         self._cons_view = memoryview(self._cons_map)
         self._fixed = {}
+        self.malformed = 0      # records skipped by read() because their length was not the expected one
 
     # -- positions -------------------------------------------------------------------------------------
     def _consumer(self):
@@ -68,8 +69,9 @@ class RingBuffer:
     def read(self, record, limit=1 << 30):
         """Drain committed records, decoding each with `record` (a struct.Struct of the record payload).
 
-        Returns a list of tuples. Records of another length are skipped (returned by read_raw instead);
-        discarded records are skipped. Stops at the first record still being written (BUSY)."""
+        Returns a list of tuples. Discarded records are skipped; records of another length are skipped and
+        counted in `self.malformed` (a layout mismatch must not look like silence). Stops at the first
+        record still being written (BUSY)."""
         out = []
         size = record.size
         stride = (size + HDR + 7) & ~7
@@ -99,8 +101,11 @@ class RingBuffer:
             if hdr & BUSY:
                 break
             length = hdr & ~(BUSY | DISCARD)
-            if not hdr & DISCARD and length == size:
-                out.append(record.unpack_from(data, off + HDR))
+            if not hdr & DISCARD:
+                if length == size:
+                    out.append(record.unpack_from(data, off + HDR))
+                else:
+                    self.malformed += 1
             cons += (length + HDR + 7) & ~7
         _U64.pack_into(self._cons_view, 0, cons)
         return out
