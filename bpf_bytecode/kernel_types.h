@@ -165,6 +165,32 @@ struct skb_shared_info {
 /* Only ever used through a pointer (tp_btf/sys_enter's first argument). */
 struct pt_regs;
 
+/* ---- TCP socket state (struct tcp_sock starts with struct sock) ----------- */
+struct tcp_sock {
+	__u32 rcv_nxt;			/* next sequence number expected */
+	__u64 bytes_received;		/* RFC 4898 tcpEStatsAppHCThruOctetsReceived */
+} __pa;
+
+/*
+ * x86_64 views of pt_regs and thread_info, under ___flavor names so that
+ * objects that only pass `struct pt_regs *` around keep it opaque.  The
+ * relocations match the kernel's `struct pt_regs` / `struct task_struct`.
+ */
+struct pt_regs___x86 {
+	unsigned long orig_ax;		/* the syscall number at sys_enter/sys_exit */
+	unsigned long di;		/* first syscall argument */
+} __pa;
+
+struct thread_info___x86 {
+	__u32 status;			/* TS_COMPAT: in a 32-bit (ia32) syscall */
+} __pa;
+
+struct task_struct___x86 {
+	struct thread_info___x86 thread_info;
+} __pa;
+
+#define TS_COMPAT	0x0002
+
 #undef __pa
 
 #endif /* PYTRACER_KERNEL_TYPES_H */

@@ -13,6 +13,12 @@
  *     carry its socket yet when netif_receive_skb fires.
  *   - Every packet is seen at the device: net_dev_queue (sent) and
  *     netif_receive_skb (received), both as tp_btf so the skb is typed.
+ *   - No classic (perf) tracepoint programs: those run through
+ *     trace_call_bpf(), which silently skips a run while any other
+ *     kprobe/tracepoint program is active on the CPU (a state change in
+ *     softirq interrupting our send hook in process context was lost).
+ *     tp_btf and raw_tracepoint programs only guard against recursion of the
+ *     same program.
  */
 #include "kernel_types.h"
 #include <linux/bpf.h>
@@ -55,7 +61,7 @@ struct tuple {
 	__u8 raddr[16];
 };
 
-/* owner_flags: written in process context only */
+/* owner.flags: written in process context only (publish_owner) */
 #define SI_OWNER_KNOWN	0x01
 #define SI_CGROUP_MATCH	0x02
 /* tx_flags: written on the transmit path only (serialised per socket) */
@@ -66,7 +72,9 @@ struct tuple {
 /* state_flags: written at creation and by the state/close handler */
 #define SI_TUPLE_SET	0x01	/* `tuple` holds a key we inserted into `tuples` */
 #define SI_CLOSED	0x02	/* reached TCP_CLOSE; kept until destroy for a trailing RST */
-#define SI_TIME_WAIT	0x04	/* closed into TIME_WAIT: entry and tuple outlive the socket */
+#define SI_TIME_WAIT	0x04	/* closed into TIME_WAIT: a copy lives on in `tw` */
+#define SI_PASSIVE	0x08	/* a listener's child, registered when it was created */
+#define SI_ESTABLISHED	0x10	/* passive child: reached ESTABLISHED */
 
 /*
  * The flags are split by writer instead of one word so that contexts that
@@ -74,23 +82,30 @@ struct tuple {
  * softirq counts a received segment) never clobber each other's bits without
  * needing atomics.
  */
-struct sock_info {
-	__u64 start_ns;		/* 0 = connection predates the tracer */
+struct owner {
 	__u64 cgroup_id;
-	__u64 tx_bytes;
-	__u64 rx_bytes;
 	char comm[TASK_COMM_LEN];
 	__u32 pid;
 	__u32 uid;
+	__u8 flags;		/* SI_OWNER_KNOWN, SI_CGROUP_MATCH; written last */
+	__u8 _pad[7];
+};
+
+struct sock_info {
+	__u64 start_ns;		/* 0 = connection predates the tracer */
+	__u64 tx_bytes;
+	__u64 rx_bytes;
+	__u64 sk;		/* the socket (in `tw`: the one that went to TIME_WAIT) */
+	struct owner o;
 	__u32 tx_max_end;	/* highest sequence number (exclusive) of payload sent */
 	__u32 rx_max_end;	/* idem received */
 	__u32 netns;
-	__u8 owner_flags;
+	__u32 syn_data;		/* passive TCP Fast Open: payload bytes the SYN carried */
 	__u8 tx_flags;
 	__u8 rx_flags;
 	__u8 state_flags;
+	__u8 _pad;
 	struct tuple tuple;
-	__u32 _pad;
 };
 
 struct {
@@ -106,6 +121,20 @@ struct {
 	__type(key, struct tuple);
 	__type(value, __u64);
 } tuples SEC(".maps");
+
+/*
+ * Connections closed into TIME_WAIT, by tuple: their last segments (the
+ * peer's FIN, our final ACK) are sent/received by the TIME_WAIT mini-socket
+ * after the full socket is gone, and that socket's address may be reused at
+ * once by a new connection, so the copy is keyed by the 4-tuple, never by the
+ * freed pointer.  A new connection on the same tuple removes it.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct tuple);
+	__type(value, struct sock_info);
+} tw SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -124,59 +153,15 @@ const struct tcpsnoop_event *const __unused_event = 0;
 /* Likewise for the event type numbers, which Python checks against its own constants. */
 const enum ev_type __unused_ev_type = EV_CONNECT;
 
-/* ---- classic tracepoint records (from events/<cat>/<name>/format) --------- */
-struct tp_common {
-	__u16 common_type;
-	__u8 common_flags;
-	__u8 common_preempt_count;
-	__s32 common_pid;
-};
-
-struct tp_inet_sock_set_state {
-	struct tp_common c;
-	__u64 skaddr;
-	__s32 oldstate;
-	__s32 newstate;
-	__u16 sport;
-	__u16 dport;
-	__u16 family;
-	__u16 protocol;
-	__u8 saddr[4];
-	__u8 daddr[4];
-	__u8 saddr_v6[16];
-	__u8 daddr_v6[16];
-};
-
-/* sock:sock_send_length and sock:sock_recv_length share this layout */
-struct tp_sock_length {
-	struct tp_common c;
-	__u64 sk;
-	__u16 family;
-	__u16 protocol;
-	__s32 ret;
-	__s32 flags;
-};
-
-struct tp_tcp_destroy_sock {
-	struct tp_common c;
-	__u64 skaddr;
-	/* addresses and cookie follow; unused */
-};
-
-struct tp_sys_exit {
-	struct tp_common c;
-	__s32 __syscall_nr;
-	__s32 _pad;
-	__s64 ret;
-};
-
-/* Every syscall's first argument is stored as 8 bytes at offset 16. */
-struct tp_sys_enter_fd {
-	struct tp_common c;
-	__s32 __syscall_nr;
-	__s32 _pad;
-	__u64 fd;
-};
+/* x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl) */
+#define NR_read		0
+#define NR_write	1
+#define NR_readv	19
+#define NR_writev	20
+#define NR_sendto	44
+#define NR_recvfrom	45
+#define NR_sendmsg	46
+#define NR_recvmsg	47
 
 /* ---- a parsed segment ------------------------------------------------------ */
 struct pkt {
@@ -227,9 +212,9 @@ static __always_inline int owner_filters_active(void)
 }
 
 /* Filters on the socket's owner; an unknown owner passes (Python decides later). */
-static __always_inline int owner_pass(const struct sock_info *si)
+static __always_inline int owner_pass(const struct owner *o)
 {
-	if (!si || !(si->owner_flags & SI_OWNER_KNOWN))
+	if (!(o->flags & SI_OWNER_KNOWN))
 		return 1;
 	if (n_pids) {
 		int found = 0;
@@ -237,7 +222,7 @@ static __always_inline int owner_pass(const struct sock_info *si)
 		for (int i = 0; i < MAX_FILTER_PIDS; i++) {
 			if (i >= n_pids)
 				break;
-			if (filter_pids[i] == si->pid) {
+			if (filter_pids[i] == o->pid) {
 				found = 1;
 				break;
 			}
@@ -245,34 +230,61 @@ static __always_inline int owner_pass(const struct sock_info *si)
 		if (!found)
 			return 0;
 	}
-	if (has_uid && si->uid != filter_uid)
+	if (has_uid && o->uid != filter_uid)
 		return 0;
 	if (has_comm) {
 		for (int i = 0; i < TASK_COMM_LEN; i++) {
-			if (si->comm[i] != filter_comm[i])
+			if (o->comm[i] != filter_comm[i])
 				return 0;
-			if (si->comm[i] == 0)
+			if (o->comm[i] == 0)
 				break;
 		}
 	}
-	if (has_cgroup && !(si->owner_flags & SI_CGROUP_MATCH))
+	if (has_cgroup && !(o->flags & SI_CGROUP_MATCH))
 		return 0;
 	return 1;
 }
 
-/* Sets owner fields of an entry to the current task (process context only). */
-static __always_inline void set_owner(struct sock_info *si)
+/* The current task as an owner (process context only). */
+static __always_inline void current_owner(struct owner *o)
 {
 	__u8 flags = SI_OWNER_KNOWN;
 
-	si->pid = bpf_get_current_pid_tgid() >> 32;
-	si->uid = (__u32)bpf_get_current_uid_gid();
-	si->cgroup_id = bpf_get_current_cgroup_id();
-	bpf_get_current_comm(si->comm, sizeof(si->comm));
+	__builtin_memset(o, 0, sizeof(*o));
+	o->pid = bpf_get_current_pid_tgid() >> 32;
+	o->uid = (__u32)bpf_get_current_uid_gid();
+	o->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(o->comm, sizeof(o->comm));
 	if (has_cgroup &&
 	    bpf_get_current_ancestor_cgroup_id(filter_cgroup_level) == filter_cgroup_id)
 		flags |= SI_CGROUP_MATCH;
-	si->owner_flags = flags;
+	o->flags = flags;
+}
+
+/*
+ * Stores an owner into an entry, the flags last: a reader that sees
+ * SI_OWNER_KNOWN of a formerly unknown owner sees its fields (x86 keeps
+ * stores in order; the barrier keeps the compiler from reordering them).
+ */
+static __always_inline void publish_owner(struct sock_info *si, const struct owner *o)
+{
+	si->o.cgroup_id = o->cgroup_id;
+	__builtin_memcpy(si->o.comm, o->comm, sizeof(si->o.comm));
+	si->o.pid = o->pid;
+	si->o.uid = o->uid;
+	asm volatile("" ::: "memory");
+	si->o.flags = o->flags;
+}
+
+/* A consistent copy of an entry's owner, taken before a record is reserved (see adopt). */
+static __always_inline void snapshot_owner(const struct sock_info *si, struct owner *o)
+{
+	o->flags = si->o.flags;
+	asm volatile("" ::: "memory");
+	o->cgroup_id = si->o.cgroup_id;
+	__builtin_memcpy(o->comm, si->o.comm, sizeof(o->comm));
+	o->pid = si->o.pid;
+	o->uid = si->o.uid;
 }
 
 static __always_inline int is_v4_mapped(const __u8 *a)
@@ -365,15 +377,10 @@ static __always_inline __u32 count_new(__u8 *flags, __u8 init_bit, __u32 *max_en
 }
 
 /* ---- the record ------------------------------------------------------------- */
-static __always_inline void emit(__u64 skp, const struct sock_info *si, const struct pkt *p,
-				 __u8 type, __u8 dir, __u8 attr)
+static __always_inline void fill_event(struct tcpsnoop_event *e, __u64 skp,
+				       const struct sock_info *si, const struct owner *o,
+				       const struct pkt *p, __u8 type, __u8 dir, __u8 attr)
 {
-	struct tcpsnoop_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-
-	if (!e) {
-		count_lost();
-		return;
-	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->ts_ns = bpf_ktime_get_ns();
 	e->sk = skp;
@@ -394,16 +401,42 @@ static __always_inline void emit(__u64 skp, const struct sock_info *si, const st
 		e->start_ns = si->start_ns;
 		e->tx_bytes = si->tx_bytes;
 		e->rx_bytes = si->rx_bytes;
-		if (si->owner_flags & SI_OWNER_KNOWN) {
-			e->cgroup_id = si->cgroup_id;
-			e->pid = si->pid;
-			e->uid = si->uid;
-			__builtin_memcpy(e->comm, si->comm, sizeof(e->comm));
+		if (o->flags & SI_OWNER_KNOWN) {
+			e->cgroup_id = o->cgroup_id;
+			e->pid = o->pid;
+			e->uid = o->uid;
+			__builtin_memcpy(e->comm, o->comm, sizeof(e->comm));
 		} else {
 			attr |= ATTR_OWNER_UNKNOWN;
 		}
 	}
 	e->attr = attr;
+}
+
+/*
+ * One record for a segment/close of `si` (or, si NULL, of no socket), if
+ * the owner passes the filters.  The owner is read *before* the record is
+ * reserved: adopt() reserves its EV_ACCEPT before it publishes a new owner,
+ * so a record named after that owner always follows the EV_ACCEPT in the ring.
+ */
+static __always_inline void emit(__u64 skp, const struct sock_info *si, const struct pkt *p,
+				 __u8 type, __u8 dir, __u8 attr)
+{
+	struct tcpsnoop_event *e;
+	struct owner o;
+
+	__builtin_memset(&o, 0, sizeof(o));
+	if (si) {
+		snapshot_owner(si, &o);
+		if (!owner_pass(&o))
+			return;
+	}
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return;
+	}
+	fill_event(e, skp, si, &o, p, type, dir, attr);
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -505,6 +538,8 @@ static __always_inline void flip(struct tuple *t)
 /* ---- entries -------------------------------------------------------------------- */
 static __always_inline void insert_tuple(struct sock_info *si, __u64 skp)
 {
+	/* a live connection on this tuple ends a TIME_WAIT predecessor's */
+	bpf_map_delete_elem(&tw, &si->tuple);
 	if (bpf_map_update_elem(&tuples, &si->tuple, &skp, BPF_ANY) == 0)
 		si->state_flags |= SI_TUPLE_SET;
 }
@@ -518,8 +553,9 @@ static __always_inline void init_entry(struct sock_info *si, __u64 skp, int owne
 {
 	__builtin_memset(si, 0, sizeof(*si));
 	si->start_ns = start_ns;
+	si->sk = skp;
 	if (owned)
-		set_owner(si);
+		current_owner(&si->o);
 	if (with_tuple && tuple_from_sk(skp, &si->tuple))
 		si->state_flags |= SI_TUPLE_SET;
 	else
@@ -534,32 +570,84 @@ static __always_inline void tuple_to_pkt(const struct tuple *t, struct pkt *p)
 	p->gso_segs = 1;
 }
 
+static __always_inline __u8 sk_state(__u64 skp)
+{
+	return BPF_CORE_READ((struct sock *)skp, __sk_common.skc_state);
+}
+
+/*
+ * An entry marked closed whose socket is alive again: the address was freed
+ * and reused by a new socket and we missed the old one's destroy.  It must
+ * not lend its owner (or counters) to the new socket.
+ */
+static __always_inline int stale(__u64 skp, const struct sock_info *si)
+{
+	return (si->state_flags & SI_CLOSED) && sk_state(skp) != TCP_CLOSE;
+}
+
+/*
+ * Receive accounting of a passive socket starts from what TCP has already
+ * accepted: the payload of a TCP Fast Open SYN (or of the handshake's last
+ * ACK) reached the socket before any received skb could be matched to it.
+ */
+static __always_inline void seed_rx(__u64 skp, struct sock_info *si)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)skp;
+
+	si->rx_max_end = BPF_CORE_READ(tp, rcv_nxt);
+	si->rx_bytes = BPF_CORE_READ(tp, bytes_received);
+	si->rx_flags |= SI_RX_SEQ_INIT;
+}
+
 /*
  * Makes `current` the owner of an existing entry (process context only).  A
  * passive socket whose owner was unknown is thereby resolved: tell Python
  * with EV_ACCEPT (it prints the handshake and flushes the records it held
  * back), or with ATTR_DISCARD if the owner fails the filters.  `accepted`
  * (from accept()) always reports EV_ACCEPT.
+ *
+ * Order: the EV_ACCEPT record is reserved *before* the new owner is
+ * published.  Every other record snapshots the owner before reserving (see
+ * emit), so one that carries the new owner was reserved after the EV_ACCEPT
+ * and follows it in the ring: no line of the connection is named before its
+ * accept lines.  (One that still saw the old "unknown" owner may follow too;
+ * Python holds it and flushes it with the owner.)
  */
 static __always_inline void adopt(__u64 skp, struct sock_info *si, int accepted)
 {
-	int was_unknown = !(si->owner_flags & SI_OWNER_KNOWN);
+	int was_unknown = !(si->o.flags & SI_OWNER_KNOWN);
+	struct tcpsnoop_event *e;
+	struct owner o;
 	struct pkt p;
+	__u8 attr = 0;
 
-	set_owner(si);
+	current_owner(&o);
 	if (!(si->state_flags & SI_TUPLE_SET) && tuple_from_sk(skp, &si->tuple)) {
 		si->netns = si->tuple.netns;
 		insert_tuple(si, skp);
 	}
-	if (!accepted && !was_unknown)
+	if ((!accepted && !was_unknown) || !family_pass(si->tuple.family) ||
+	    !ports_pass(si->tuple.lport, si->tuple.rport)) {
+		publish_owner(si, &o);
 		return;
+	}
+	if (!owner_pass(&o)) {
+		if (!was_unknown) {
+			publish_owner(si, &o);
+			return;
+		}
+		attr = ATTR_DISCARD;
+	}
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	publish_owner(si, &o);
+	if (!e) {
+		count_lost();
+		return;
+	}
 	tuple_to_pkt(&si->tuple, &p);
-	if (!family_pass(p.t.family) || !ports_pass(p.t.lport, p.t.rport))
-		return;
-	if (owner_pass(si))
-		emit(skp, si, &p, EV_ACCEPT, DIR_RECEIVED, 0);
-	else if (was_unknown)
-		emit(skp, si, &p, EV_ACCEPT, DIR_RECEIVED, ATTR_DISCARD);
+	p.payload = si->syn_data;	/* a TCP Fast Open SYN's data: on tcpsnoop's SYN line */
+	fill_event(e, skp, si, &o, &p, EV_ACCEPT, DIR_RECEIVED, attr);
+	bpf_ringbuf_submit(e, 0);
 }
 
 /*
@@ -569,27 +657,34 @@ static __always_inline void adopt(__u64 skp, struct sock_info *si, int accepted)
 static __always_inline void refresh_owner(__u64 skp, int accepted)
 {
 	struct sock_info *si = bpf_map_lookup_elem(&socks, &skp);
+	struct sock_info fresh;
+	__u8 state;
+	__u64 flags = BPF_NOEXIST;
 
-	if (!si || (si->state_flags & SI_CLOSED)) {
-		struct sock_info fresh;
-		__u8 state = BPF_CORE_READ((struct sock *)skp, __sk_common.skc_state);
-
-		if (si || state == TCP_CLOSE || state == TCP_LISTEN || state == TCP_NEW_SYN_RECV)
-			return;
-		/* a connection that predates the tracer (or was evicted): start unknown */
-		init_entry(&fresh, skp, 1, 1, 0);
-		if (bpf_map_update_elem(&socks, &skp, &fresh, BPF_NOEXIST))
-			return;
-		si = bpf_map_lookup_elem(&socks, &skp);
-		if (!si)
-			return;
-		if (si->state_flags & SI_TUPLE_SET)
-			insert_tuple(si, skp);
-		if (accepted)
-			adopt(skp, si, 1);
+	if (si && !(si->state_flags & SI_CLOSED)) {
+		adopt(skp, si, accepted);
 		return;
 	}
-	adopt(skp, si, accepted);
+	state = sk_state(skp);
+	if (state == TCP_CLOSE || state == TCP_LISTEN || state == TCP_NEW_SYN_RECV)
+		return;
+	if (si)		/* closed, yet the socket is alive: a stale entry, replace it */
+		flags = BPF_ANY;
+	/*
+	 * A connection that predates the tracer (or was evicted): start with
+	 * start_ns 0.  From accept(), the owner is published by adopt(), after
+	 * its EV_ACCEPT is reserved.
+	 */
+	init_entry(&fresh, skp, !accepted, 1, 0);
+	if (bpf_map_update_elem(&socks, &skp, &fresh, flags))
+		return;
+	si = bpf_map_lookup_elem(&socks, &skp);
+	if (!si)
+		return;
+	if (si->state_flags & SI_TUPLE_SET)
+		insert_tuple(si, skp);
+	if (accepted)
+		adopt(skp, si, 1);
 }
 
 /*
@@ -607,18 +702,33 @@ static __always_inline void adopt_if_sender(__u64 skp, struct sock_info *si)
 		char c[TASK_COMM_LEN];
 		__u64 w[2];	/* the stack must be accessed aligned */
 	} comm;
-	const __u64 *b = (const __u64 *)si->comm;
+	const __u64 *b = (const __u64 *)si->o.comm;
 
 	if (!BPF_CORE_READ((struct sock *)skp, sk_lock.owned))
 		return;
-	if (si->owner_flags & SI_OWNER_KNOWN) {
-		if ((__u32)(bpf_get_current_pid_tgid() >> 32) == si->pid) {
+	if (si->o.flags & SI_OWNER_KNOWN) {
+		if ((__u32)(bpf_get_current_pid_tgid() >> 32) == si->o.pid) {
 			bpf_get_current_comm(comm.c, sizeof(comm.c));
 			if (comm.w[0] == b[0] && comm.w[1] == b[1])
 				return;
 		}
 	}
 	adopt(skp, si, 0);
+}
+
+/*
+ * A segment of a connection in TIME_WAIT must continue its sequence space:
+ * at most one past the highest end seen (our FIN / the peer's FIN) and not
+ * far behind it.  Filters out a new connection that reuses the tuple of a
+ * stale `tw` entry before it registered itself.
+ */
+static __always_inline int tw_plausible(__u8 flags, __u8 init_bit, __u32 max_end, __u32 seq)
+{
+	__s32 d = (__s32)(seq - max_end);
+
+	if (!(flags & init_bit))
+		return 1;
+	return d <= 1 && d >= -(1 << 20);
 }
 
 /*
@@ -658,34 +768,55 @@ static __noinline __u64 fd_to_tcp_sk(__u32 fd)
 }
 
 /* ---- 1. socket state changes ------------------------------------------------------ */
-SEC("tracepoint/sock/inet_sock_set_state")
-int on_state(struct tp_inet_sock_set_state *ctx)
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(on_state, struct sock *sk, int oldstate, int newstate)
 {
-	__u64 skp = ctx->skaddr;
+	__u64 skp = (__u64)sk;
 	struct sock_info *si;
 	struct sock_info fresh;
 	struct pkt p;
 
-	if (ctx->protocol != IPPROTO_TCP)
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 
-	if (ctx->oldstate == TCP_CLOSE && ctx->newstate == TCP_SYN_SENT) {
+	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
 		/* connect(): runs in the connecting task; no local port yet */
 		init_entry(&fresh, skp, 1, 0, bpf_ktime_get_ns());
-		fresh.netns = BPF_CORE_READ((struct sock *)skp, __sk_common.skc_net.net, ns.inum);
+		fresh.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 		bpf_map_update_elem(&socks, &skp, &fresh, BPF_ANY);
 		return 0;
 	}
 
-	if (ctx->oldstate == TCP_SYN_RECV && ctx->newstate == TCP_ESTABLISHED) {
-		/* passive child completing the handshake, in softirq: owner unknown */
+	if (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV) {
+		/*
+		 * A listener's child being created (inet_csk_clone_lock, in
+		 * softirq): register it now, owner unknown, so that a TCP Fast
+		 * Open child, which sends and is accepted before ESTABLISHED, is
+		 * tracked from its SYN-ACK on.  Its addresses are not set yet.
+		 */
+		init_entry(&fresh, skp, 0, 0, bpf_ktime_get_ns());
+		fresh.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+		fresh.state_flags = SI_PASSIVE;
+		bpf_map_update_elem(&socks, &skp, &fresh, BPF_ANY);
+		return 0;
+	}
+
+	if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
+		/* passive child completing the handshake, in softirq */
 		si = bpf_map_lookup_elem(&socks, &skp);
-		if (si && !si->start_ns && !(si->state_flags & SI_CLOSED)) {
-			/* accepted before ESTABLISHED (TCP Fast Open): keep the owner */
-			si->start_ns = bpf_ktime_get_ns();
+		if (si && !(si->state_flags & SI_CLOSED)) {
+			si->state_flags |= SI_ESTABLISHED;
+			if (!si->start_ns)
+				si->start_ns = bpf_ktime_get_ns();
+			if (!(si->state_flags & SI_TUPLE_SET) && tuple_from_sk(skp, &si->tuple)) {
+				si->netns = si->tuple.netns;
+				insert_tuple(si, skp);
+			}
 			return 0;
 		}
+		/* created before the tracer started: owner unknown */
 		init_entry(&fresh, skp, 0, 1, bpf_ktime_get_ns());
+		fresh.state_flags |= SI_PASSIVE | SI_ESTABLISHED;
 		if (bpf_map_update_elem(&socks, &skp, &fresh, BPF_ANY))
 			return 0;
 		si = bpf_map_lookup_elem(&socks, &skp);
@@ -694,55 +825,44 @@ int on_state(struct tp_inet_sock_set_state *ctx)
 		return 0;
 	}
 
-	if (ctx->newstate != TCP_CLOSE)
+	if (newstate != TCP_CLOSE)
 		return 0;
 	si = bpf_map_lookup_elem(&socks, &skp);
 	if (!si || (si->state_flags & SI_CLOSED))
 		return 0;
 	si->state_flags |= SI_CLOSED;
-	/*
-	 * An active close hands the connection to a TIME_WAIT mini-socket: the
-	 * peer's FIN and our last ACK still cross the wire after this.  Keep the
-	 * tuple (and, past tcp_destroy_sock, the entry; the LRU ages them out) so
-	 * those segments are still reported with the owner.
-	 */
-	if (ctx->oldstate == TCP_FIN_WAIT1 || ctx->oldstate == TCP_FIN_WAIT2 ||
-	    ctx->oldstate == TCP_CLOSING)
-		si->state_flags |= SI_TIME_WAIT;
 	if (si->state_flags & SI_TUPLE_SET) {
-		if (!(si->state_flags & SI_TIME_WAIT))
-			tuple_release(&si->tuple, skp);
+		/*
+		 * An active close hands the connection to a TIME_WAIT mini-socket:
+		 * the peer's FIN and our last ACK still cross the wire after this.
+		 * A copy keyed by the tuple names those segments (see `tw`).
+		 */
+		if (oldstate == TCP_FIN_WAIT1 || oldstate == TCP_FIN_WAIT2 ||
+		    oldstate == TCP_CLOSING) {
+			si->state_flags |= SI_TIME_WAIT;
+			bpf_map_update_elem(&tw, &si->tuple, si, BPF_ANY);
+		}
+		tuple_release(&si->tuple, skp);
 		tuple_to_pkt(&si->tuple, &p);
 	} else {
-		/* never got a tuple (e.g. connect() failed before sending): use the record */
-		__builtin_memset(&p, 0, sizeof(p));
-		p.gso_segs = 1;
+		/* never got a tuple (e.g. connect() failed before sending): from the socket */
+		tuple_to_pkt(&si->tuple, &p);
+		tuple_from_sk(skp, &p.t);
 		p.t.netns = si->netns;
-		p.t.lport = ctx->sport;
-		p.t.rport = ctx->dport;
-		if (ctx->family == AF_INET6 && !is_v4_mapped(ctx->daddr_v6)) {
-			p.t.family = AF_INET6;
-			__builtin_memcpy(p.t.laddr, ctx->saddr_v6, 16);
-			__builtin_memcpy(p.t.raddr, ctx->daddr_v6, 16);
-		} else {
-			p.t.family = AF_INET;
-			__builtin_memcpy(p.t.laddr, ctx->saddr, 4);
-			__builtin_memcpy(p.t.raddr, ctx->daddr, 4);
-		}
 	}
-	if (family_pass(p.t.family) && ports_pass(p.t.lport, p.t.rport) && owner_pass(si))
+	if (family_pass(p.t.family) && ports_pass(p.t.lport, p.t.rport))
 		emit(skp, si, &p, EV_CLOSE, DIR_SENT, 0);
 	return 0;
 }
 
 /* The socket is being freed: forget it (its address may be reused at once). */
-SEC("tracepoint/tcp/tcp_destroy_sock")
-int on_destroy(struct tp_tcp_destroy_sock *ctx)
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(on_destroy, struct sock *sk)
 {
-	__u64 skp = ctx->skaddr;
+	__u64 skp = (__u64)sk;
 	struct sock_info *si = bpf_map_lookup_elem(&socks, &skp);
 
-	if (!si || (si->state_flags & SI_TIME_WAIT))
+	if (!si)
 		return 0;
 	if (si->state_flags & SI_TUPLE_SET)
 		tuple_release(&si->tuple, skp);
@@ -751,7 +871,34 @@ int on_destroy(struct tp_tcp_destroy_sock *ctx)
 }
 
 /* ---- 2. accept ------------------------------------------------------------------------ */
-static __always_inline int handle_accept(__s64 ret)
+/* A 32-bit (ia32) syscall: its numbers and argument registers differ. */
+static __always_inline int in_compat_syscall(void)
+{
+	struct task_struct___x86 *t = (struct task_struct___x86 *)bpf_get_current_task();
+
+	return BPF_CORE_READ(t, thread_info.status) & TS_COMPAT;
+}
+
+/*
+ * Every syscall exit (tp_btf/sys_exit: no per-syscall BTF tracepoint exists),
+ * so the cheap tests come first.  args: (struct pt_regs *regs, long ret); the
+ * syscall number is regs->orig_ax on x86_64, as syscall_get_nr() reads it.
+ */
+/*
+ * accept()/accept4() returned a socket: the calling process owns it.  Classic syscall tracepoints, not
+ * tp_btf/sys_exit: they fire only for these two syscalls (a tp_btf/sys_exit program would run on every
+ * syscall exit on the machine, ~40 ns each), and they cannot be skipped by the kernel's recursion guard,
+ * since they run in process context, never nested inside another BPF program (our softirq-time programs
+ * are tp_btf, which that guard ignores).  Compat (32-bit) syscalls never reach these tracepoints.
+ */
+struct sys_exit_ctx {
+	__u64 common;		/* struct trace_entry */
+	__s32 syscall_nr;
+	__s32 pad;
+	__s64 ret;
+};
+
+static __always_inline int accepted(__s64 ret)
 {
 	__u64 skp;
 
@@ -764,15 +911,15 @@ static __always_inline int handle_accept(__s64 ret)
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept4")
-int on_accept4(struct tp_sys_exit *ctx)
+int on_accept4(struct sys_exit_ctx *ctx)
 {
-	return handle_accept(ctx->ret);
+	return accepted(ctx->ret);
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept")
-int on_accept(struct tp_sys_exit *ctx)
+int on_accept(struct sys_exit_ctx *ctx)
 {
-	return handle_accept(ctx->ret);
+	return accepted(ctx->ret);
 }
 
 /* ---- 3. every packet sent ------------------------------------------------------------ */
@@ -797,9 +944,11 @@ int BPF_PROG(on_tx, struct sk_buff *skb)
 	read_gso(skb, head, &p);
 
 	si = skp ? bpf_map_lookup_elem(&socks, &skp) : 0;
+	if (si && stale(skp, si)) {
+		bpf_map_delete_elem(&socks, &skp);
+		si = 0;
+	}
 	if (!si) {
-		__u64 *skpp;
-
 		/* RST+ACK with seq 0: the answer to a SYN sent to a closed port */
 		if ((p.flags & (TH_RST | TH_ACK)) == (TH_RST | TH_ACK) && p.seq == 0) {
 			if (!owner_filters_active() && family_pass(p.t.family) &&
@@ -808,24 +957,44 @@ int BPF_PROG(on_tx, struct sk_buff *skb)
 			return 0;
 		}
 		/* sent by the TIME_WAIT mini-socket of a connection we followed? */
-		skpp = bpf_map_lookup_elem(&tuples, &p.t);
-		if (!skpp)
+		if (p.flags & TH_SYN)
 			return 0;
-		skp = *skpp;
-		si = bpf_map_lookup_elem(&socks, &skp);
-		if (!si || !(si->state_flags & SI_TIME_WAIT) || !tuple_equal(&si->tuple, &p.t))
+		si = bpf_map_lookup_elem(&tw, &p.t);
+		if (!si || !tw_plausible(si->tx_flags, SI_TX_SEQ_INIT, si->tx_max_end, p.seq))
 			return 0;
+		if (p.payload)
+			attr |= ATTR_RETRANS;
+		if (p.flags & TH_RST)
+			type = EV_RESET;
+		else if (no_data)
+			return 0;
+		else
+			type = EV_SEND;
+		if (family_pass(p.t.family) && ports_pass(p.t.lport, p.t.rport))
+			emit(si->sk, si, &p, type, DIR_SENT, attr);
+		return 0;
 	}
 
 	if (si->state_flags & SI_CLOSED) {
-		/* after TCP_CLOSE: the RST of an abortive close, or TIME_WAIT's segments */
-		if (!(p.flags & TH_RST) && !(si->state_flags & SI_TIME_WAIT))
+		/* after TCP_CLOSE: the RST of an abortive close */
+		if (!(p.flags & TH_RST))
 			return 0;
 	} else {
 		adopt_if_sender(skp, si);
 	}
 
 	if (!(si->state_flags & SI_CLOSED) && !(si->tx_flags & SI_TUPLE_WIRE)) {
+		/*
+		 * A passive TCP Fast Open child's SYN-ACK (a normal child's goes out
+		 * from its request sock): the SYN's data is in the socket already.
+		 * Seeded here, before the tuple is inserted below, so no receive
+		 * path can see the entry yet.
+		 */
+		if ((si->state_flags & SI_PASSIVE) && (p.flags & TH_SYN) &&
+		    !(si->rx_flags & SI_RX_SEQ_INIT)) {
+			seed_rx(skp, si);
+			si->syn_data = si->rx_bytes;
+		}
 		/* first packet we see: key the connection by what the wire shows */
 		if (!(si->state_flags & SI_TUPLE_SET) || !tuple_equal(&si->tuple, &p.t)) {
 			if (si->state_flags & SI_TUPLE_SET)
@@ -848,11 +1017,13 @@ int BPF_PROG(on_tx, struct sk_buff *skb)
 		type = EV_RESET;
 	else if ((p.flags & (TH_SYN | TH_ACK)) == TH_SYN)
 		type = EV_CONNECT;
+	else if ((p.flags & TH_SYN) && (si->state_flags & SI_PASSIVE))
+		return 0;	/* a Fast Open SYN-ACK: EV_ACCEPT's lines stand for it */
 	else if (no_data)
 		return 0;
 	else
 		type = EV_SEND;
-	if (family_pass(p.t.family) && ports_pass(p.t.lport, p.t.rport) && owner_pass(si))
+	if (family_pass(p.t.family) && ports_pass(p.t.lport, p.t.rport))
 		emit(skp, si, &p, type, DIR_SENT, attr);
 	return 0;
 }
@@ -863,8 +1034,8 @@ int BPF_PROG(on_rx, struct sk_buff *skb)
 {
 	/* skb->data is at the network header here (the MAC header was pulled) */
 	const unsigned char *data = skb->data;
-	__u64 *skpp, skp;
-	struct sock_info *si;
+	__u64 *skpp, skp = 0;
+	struct sock_info *si = 0;
 	struct pkt p;
 	__u32 fresh_bytes;
 	__u8 type, attr = 0;
@@ -876,29 +1047,47 @@ int BPF_PROG(on_rx, struct sk_buff *skb)
 	flip(&p.t);
 
 	skpp = bpf_map_lookup_elem(&tuples, &p.t);
-	if (!skpp)
-		return 0;
-	skp = *skpp;
-	si = bpf_map_lookup_elem(&socks, &skp);
-	if (!si)
-		return 0;
-	/*
-	 * A live mapping always equals its entry's tuple; a mismatch means the
-	 * socket address was reused (a TIME_WAIT tuple left behind, see on_state).
-	 */
-	if (!tuple_equal(&si->tuple, &p.t)) {
-		tuple_release(&p.t, skp);
+	if (skpp) {
+		skp = *skpp;
+		si = bpf_map_lookup_elem(&socks, &skp);
+		/*
+		 * A live mapping always equals its entry's tuple; a mismatch means
+		 * the socket address was reused and the mapping is left over.
+		 */
+		if (si && !tuple_equal(&si->tuple, &p.t)) {
+			tuple_release(&p.t, skp);
+			si = 0;
+		}
+	}
+	if (!si) {
+		/* received by the TIME_WAIT mini-socket of a connection we followed? */
+		if (p.flags & TH_SYN)
+			return 0;
+		si = bpf_map_lookup_elem(&tw, &p.t);
+		if (!si || !tw_plausible(si->rx_flags, SI_RX_SEQ_INIT, si->rx_max_end, p.seq))
+			return 0;
+		read_gso(skb, skb->head, &p);
+		if (p.payload)
+			attr |= ATTR_RETRANS;
+		if (p.flags & TH_RST)
+			type = EV_RESET;
+		else if (no_data)
+			return 0;
+		else
+			type = EV_RECV;
+		if (family_pass(p.t.family) && ports_pass(p.t.lport, p.t.rport))
+			emit(si->sk, si, &p, type, DIR_RECEIVED, attr);
 		return 0;
 	}
-	/* after TCP_CLOSE only TIME_WAIT's segments are still the connection's */
-	if ((si->state_flags & SI_CLOSED) && !(si->state_flags & SI_TIME_WAIT))
+	/* after TCP_CLOSE (until the socket is destroyed) nothing is the connection's */
+	if (si->state_flags & SI_CLOSED)
 		return 0;
 	read_gso(skb, skb->head, &p);
 
-	fresh_bytes = 0;
-	if (!(si->state_flags & SI_CLOSED))
-		fresh_bytes = count_new(&si->rx_flags, SI_RX_SEQ_INIT, &si->rx_max_end,
-					&si->rx_bytes, p.seq, p.payload, p.flags);
+	if ((si->state_flags & SI_PASSIVE) && !(si->rx_flags & SI_RX_SEQ_INIT))
+		seed_rx(skp, si);
+	fresh_bytes = count_new(&si->rx_flags, SI_RX_SEQ_INIT, &si->rx_max_end,
+				&si->rx_bytes, p.seq, p.payload, p.flags);
 	if (p.payload && !fresh_bytes)
 		attr |= ATTR_RETRANS;
 
@@ -908,39 +1097,67 @@ int BPF_PROG(on_rx, struct sk_buff *skb)
 		return 0;
 	else
 		type = EV_RECV;
-	if (family_pass(p.t.family) && ports_pass(p.t.lport, p.t.rport) && owner_pass(si))
+	if (family_pass(p.t.family) && ports_pass(p.t.lport, p.t.rport))
 		emit(skp, si, &p, type, DIR_RECEIVED, attr);
 	return 0;
 }
 
-/* ---- 5. send/recv on a socket (6.3+): who uses it now ----------------------------------- */
-static __always_inline int handle_sock_length(struct tp_sock_length *ctx)
+/*
+ * ---- 5. send/recv on a socket (6.3+): who uses it now -----------------------------------
+ * raw_tracepoint, not tp_btf: a tp_btf program's target must exist in the
+ * kernel's BTF when the object is relocated (the loader relocates every
+ * program), and these tracepoints are missing before 6.3, where the object
+ * must still load.  A raw tracepoint is only looked up at attach time, and
+ * has the same per-program recursion rule.  args: (struct sock *sk, int ret,
+ * int flags).
+ */
+static __always_inline int handle_sock_length(__u64 skp)
 {
-	if (ctx->protocol != IPPROTO_TCP || (ctx->family != AF_INET && ctx->family != AF_INET6))
+	struct sock *sk = (struct sock *)skp;
+	__u16 family;
+
+	if (!skp || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
-	if (ctx->sk)
-		refresh_owner(ctx->sk, 0);
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	refresh_owner(skp, 0);
 	return 0;
 }
 
-SEC("tracepoint/sock/sock_send_length")
-int on_send_len(struct tp_sock_length *ctx)
+SEC("raw_tracepoint/sock_send_length")
+int BPF_PROG(on_send_len, struct sock *sk)
 {
-	return handle_sock_length(ctx);
+	return handle_sock_length((__u64)sk);
 }
 
-SEC("tracepoint/sock/sock_recv_length")
-int on_recv_len(struct tp_sock_length *ctx)
+SEC("raw_tracepoint/sock_recv_length")
+int BPF_PROG(on_recv_len, struct sock *sk)
 {
-	return handle_sock_length(ctx);
+	return handle_sock_length((__u64)sk);
 }
 
-/* ---- 6. the same from syscalls, for kernels without sock_*_length (< 6.3) --------------- */
-static __always_inline int handle_fd_syscall(struct tp_sys_enter_fd *ctx)
+/*
+ * ---- 6. the same from syscalls, for kernels without sock_*_length (< 6.3) ---------------
+ * One program on every syscall entry.  args: (struct pt_regs *regs, long id);
+ * the fd is the first argument, regs->di on x86_64.
+ */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(fb_sys_enter, struct pt_regs *regs, long id)
 {
-	__s64 fd = (__s64)ctx->fd;
+	__s64 fd;
 	__u64 skp;
 
+	switch (id) {
+	case NR_write: case NR_writev: case NR_sendto: case NR_sendmsg:
+	case NR_read: case NR_readv: case NR_recvfrom: case NR_recvmsg:
+		break;
+	default:
+		return 0;
+	}
+	if (in_compat_syscall())
+		return 0;
+	fd = (__s64)((struct pt_regs___x86 *)regs)->di;
 	if (fd < 0 || fd > 0x7fffffff)
 		return 0;
 	skp = fd_to_tcp_sk((__u32)fd);
@@ -948,27 +1165,3 @@ static __always_inline int handle_fd_syscall(struct tp_sys_enter_fd *ctx)
 		refresh_owner(skp, 0);
 	return 0;
 }
-
-SEC("tracepoint/syscalls/sys_enter_write")
-int fb_write(struct tp_sys_enter_fd *ctx) { return handle_fd_syscall(ctx); }
-
-SEC("tracepoint/syscalls/sys_enter_writev")
-int fb_writev(struct tp_sys_enter_fd *ctx) { return handle_fd_syscall(ctx); }
-
-SEC("tracepoint/syscalls/sys_enter_sendto")
-int fb_sendto(struct tp_sys_enter_fd *ctx) { return handle_fd_syscall(ctx); }
-
-SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int fb_sendmsg(struct tp_sys_enter_fd *ctx) { return handle_fd_syscall(ctx); }
-
-SEC("tracepoint/syscalls/sys_enter_read")
-int fb_read(struct tp_sys_enter_fd *ctx) { return handle_fd_syscall(ctx); }
-
-SEC("tracepoint/syscalls/sys_enter_readv")
-int fb_readv(struct tp_sys_enter_fd *ctx) { return handle_fd_syscall(ctx); }
-
-SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int fb_recvfrom(struct tp_sys_enter_fd *ctx) { return handle_fd_syscall(ctx); }
-
-SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int fb_recvmsg(struct tp_sys_enter_fd *ctx) { return handle_fd_syscall(ctx); }

@@ -45,11 +45,14 @@ HANDSHAKE_SIZE = {4: 54, 6: 74}
 
 def wanted_program(prog, have_sock_len):
     """Which programs to load: the owner refresh comes from sock:sock_{send,recv}_length where the kernel
-    has them (Linux 6.3+), and from syscall tracepoints (much more costly: every read and write) otherwise."""
+    has them (Linux 6.3+; raw tracepoints, attached by name), and from the syscall-entry program (much more
+    costly: it runs on every syscall) otherwise. The other programs are tp_btf: the loader itself refuses
+    them when the kernel's BTF lacks their tracepoint."""
     kind, target = prog.attach_kind, prog.attach_target
-    if kind == "tracepoint" and target.startswith("sock/sock_") and target.endswith("_length"):
+    name = target.rsplit("/", 1)[-1]
+    if name in ("sock_send_length", "sock_recv_length"):
         return have_sock_len
-    if kind == "tracepoint" and target.startswith("syscalls/sys_enter_"):
+    if kind == "tp_btf" and target == "sys_enter":
         return not have_sock_len
     if kind == "tracepoint" and not tracepoint_exists(target):
         raise PytracerError(f"this kernel has no tracepoint {target.replace('/', ':')}, which pytracer needs "
@@ -290,12 +293,14 @@ class TcpSnoop:
     def new_losses(self):
         """Events lost since the last call, in total; `self.last_losses` says why: "ringbuf" (the kernel
         found the ring buffer full), "skipped" (the kernel skipped a program run because another BPF
-        program was running on that CPU), "pending" (the bounded pre-accept buffer overflowed)."""
+        program was running on that CPU), "pending" (the bounded pre-accept buffer overflowed), "malformed"
+        (records of an unexpected size: the object and this pytracer disagree on the layout)."""
         if self.obj is None:
             return 0
         self.lost_kernel = self._lost_map.sum_percpu_u64()
         self.skipped = sum(p.recursion_misses() for p in self.obj.programs.values())
-        totals = {"ringbuf": self.lost_kernel, "skipped": self.skipped, "pending": self.lost_pending}
+        totals = {"ringbuf": self.lost_kernel, "skipped": self.skipped, "pending": self.lost_pending,
+                  "malformed": self.rb.malformed}
         self.last_losses = {k: v - self._reported.get(k, 0) for k, v in totals.items()
                             if v - self._reported.get(k, 0)}
         self._reported = totals
@@ -339,6 +344,17 @@ class TcpSnoop:
         pending = self._pending
         conns = self._conns
         send, recv = ev_mod.EV_SEND, ev_mod.EV_RECV
+
+        def held_here(conn):
+            # Held lines are keyed by socket address, which a new socket may reuse while records of the old
+            # connection still come (TIME_WAIT): only a record of the same connection may resolve them.
+            held = pending.get(conn.sk)
+            if not held:
+                return False
+            h = held[0][3]
+            return (h.lport, h.rport, h.laddr, h.raddr, h.netns) == (conn.lport, conn.rport, conn.laddr,
+                                                                     conn.raddr, conn.netns)
+
         for (ts_ns, tx, rx, start_ns, _cg, size, payload, etype, direction, _flags, attr, _segs, _segsize,
              ident) in records:
             conn = conns.get(ident)
@@ -352,7 +368,7 @@ class TcpSnoop:
                 if attr & ev_mod.ATTR_OWNER_UNKNOWN:
                     self._hold(conn.sk, line)
                     continue
-                if pending and conn.sk in pending:
+                if pending and conn.sk in pending and held_here(conn):
                     self._flush(conn, out)
                 out.append(line)
             elif etype == ev_mod.EV_ACCEPT:
@@ -361,8 +377,12 @@ class TcpSnoop:
                     continue
                 hs = HANDSHAKE_SIZE[conn.family]
                 t0 = epoch + start_ns / 1e9 if start_ns else ts
-                for d in ("in", "out", "in"):
-                    out.append((t0, "accept", d, conn, hs, 0, None))
+                # the SYN line carries the data of a TCP Fast Open SYN (`payload`), like the client's connect line
+                out.append((t0, "accept", "in", conn, hs, payload, None))
+                out.append((t0, "accept", "out", conn, hs, 0, None))
+                out.append((t0, "accept", "in", conn, hs, 0, None))
+                if pending and conn.sk in pending and not held_here(conn):
+                    self.lost_pending += len(pending.pop(conn.sk))   # an older connection's, never resolved
                 self._flush(conn, out)
             elif etype == ev_mod.EV_CLOSE:
                 if attr & ev_mod.ATTR_OWNER_UNKNOWN:
@@ -371,6 +391,9 @@ class TcpSnoop:
                         continue  # never accepted, so its owner cannot be matched against the filter
                     if held:
                         out.extend(held)
+                elif pending and conn.sk in pending and held_here(conn):
+                    # records that read the owner just before their EV_ACCEPT published it (see adopt())
+                    self._flush(conn, out)
                 dur = (ts_ns - start_ns) / 1e6 if start_ns else None
                 out.append((ts, "close", "out", conn, 0, 0, (tx, rx, dur)))
             elif etype == ev_mod.EV_RESET_CLOSED_PORT:
