@@ -93,3 +93,26 @@ def run_env():
 
 def sh(cmd, check=True):
     return subprocess.run(cmd, shell=isinstance(cmd, str), check=check, capture_output=True, text=True)
+
+
+def without_notes(stderr):
+    """stderr less pytracer's informational notes (e.g. which fallback a kernel needs): what remains must
+    be empty when a run is expected to be quiet."""
+    return "\n".join(ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("pytracer: note:"))
+
+
+def wait_attached(proc, timeout=120.0):
+    """Wait until a pytracer process holds BPF links (it has attached), e.g. in JSON mode, which prints no
+    header. Generous timeout: under emulation (vmtest) start-up takes seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            for fd in os.listdir(f"/proc/{proc.pid}/fdinfo"):
+                with open(f"/proc/{proc.pid}/fdinfo/{fd}") as f:
+                    if "link_id:" in f.read():
+                        time.sleep(0.5)     # the remaining links and the ring buffer follow within ms
+                        return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("pytracer did not attach")

@@ -22,7 +22,7 @@ import time
 import pytest
 
 import traffic
-from conftest import ROOT, need_tool, pytracer_cmd, run_env
+from conftest import without_notes, ROOT, need_tool, pytracer_cmd, run_env
 
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import soak as kernel_view  # noqa: E402  (fdinfo ids, leftovers, wait_attached)
@@ -122,8 +122,9 @@ def check_connection(events, s, c, nsend=NSEND, nrecv=NRECV):
     (sc,) = [e for e in ss if e["event"] == "close"]
     assert (cc["tx_bytes"], cc["rx_bytes"]) == (nsend, nrecv)
     assert (sc["tx_bytes"], sc["rx_bytes"]) == (nrecv, nsend)
-    assert sum(e["payload"] for e in ss if e["event"] == "recv") == nsend
-    assert sum(e["payload"] for e in cs if e["event"] == "recv") == nrecv
+    # segment lines carry every byte (retransmissions show again; the close totals above are exact)
+    assert sum(e["payload"] for e in ss if e["event"] == "recv") >= nsend
+    assert sum(e["payload"] for e in cs if e["event"] == "recv") >= nrecv
     return mine
 
 
@@ -310,7 +311,7 @@ def test_stdout_closed_early(kernel, tmp_path, fmt):
     assert ids["link"], "the tracer never attached"
     stderr = (tmp_path / "err").read_text(errors="replace")
     assert rc == 0, f"exit status {rc}; stderr: {stderr}"
-    assert not stderr.strip(), f"stderr not empty: {stderr}"
+    assert not without_notes(stderr), f"stderr not empty: {stderr}"
     assert took < 3, f"pytracer took {took:.1f} s to notice the closed pipe"
     assert_nothing_left(ids, before, "a closed stdout")
 
@@ -385,7 +386,9 @@ def _in_private_mount_ns(script, tmp_path, name):
     return p.returncode, out.read_text(errors="replace"), err.read_text(errors="replace")
 
 
+# debugfs too: its "tracing" directory is an automount point that would bring tracefs back on first access
 UNMOUNT = ("umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; "
+           "umount -l /sys/kernel/debug 2>/dev/null; "
            "if grep -q ' tracefs ' /proc/self/mounts; then echo STILL_MOUNTED >&2; exit 99; fi; ")
 
 

@@ -42,11 +42,12 @@ def check_conversation(events, s, c, family, nsend=NSEND, nrecv=NRECV):
     # every line of each socket names its owner, never whatever ran in softirq
     assert {(e.pid, e.comm, e.uid) for e in cs} == {(cpid, "tcli", 0)}
     assert {(e.pid, e.comm, e.uid) for e in ss} == {(spid, "tsrv", 0)}
-    # payload sums per direction equal what the peers sent (no retransmissions on a quiet link)
-    assert sum(e.payload for e in of(cs, event="send")) == nsend
-    assert sum(e.payload for e in of(ss, event="recv")) == nsend
-    assert sum(e.payload for e in of(ss, event="send")) == nrecv
-    assert sum(e.payload for e in of(cs, event="recv")) == nrecv
+    # payload per direction: every byte the peers sent is on a segment line (a retransmitted segment, which
+    # a loaded or emulated machine can cause, shows again); the close totals below count each byte once
+    assert sum(e.payload for e in of(cs, event="send")) >= nsend
+    assert sum(e.payload for e in of(ss, event="recv")) >= nsend
+    assert sum(e.payload for e in of(ss, event="send")) >= nrecv
+    assert sum(e.payload for e in of(cs, event="recv")) >= nrecv
     # pure ACKs and FINs are segments too
     assert any(e.payload == 0 for e in of(cs, event="send"))
     # sizes: IP packet + 14
