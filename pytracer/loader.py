@@ -12,7 +12,7 @@ import struct
 import sys
 
 from . import abi, attach as attach_mod, cache, maps as maps_mod, program as program_mod
-from .errors import KernelFeatureError, PytracerError, SyscallError
+from .errors import KernelFeatureError, PytracerError
 from .ringbuf import RingBuffer
 from .spec import ObjectSpec
 from .syscall import Buffer, bpf, raise_from_oserror, raise_memlock_rlimit
@@ -180,5 +180,3 @@ class BPFObject:
         except Exception:
             pass
 
-
-__all__ = ["BPFObject", "prepare", "SyscallError"]

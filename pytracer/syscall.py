@@ -7,7 +7,6 @@ non-zero tail bytes, so sending just what we mean is both the fastest and the mo
 import ctypes
 import errno
 import os
-import struct
 
 from . import abi
 from .errors import KernelFeatureError, PermissionError_, SyscallError
@@ -59,11 +58,6 @@ def bpf(cmd, attr):
         err = ctypes.get_errno()
         raise OSError(err, f"bpf({abi.Cmd(cmd).name}): {os.strerror(err)}")
     return ret
-
-
-def bpf_fd(cmd, attr):
-    """bpf() for commands that return a new file descriptor (close-on-exec is set by the kernel)."""
-    return bpf(cmd, attr)
 
 
 def perf_event_open(attr_bytes, pid, cpu, group_fd, flags):
@@ -133,11 +127,6 @@ def raise_from_oserror(what, exc):
     raise SyscallError(f"{what}: {os.strerror(err)}", err) from None
 
 
-def pack_u64_ptr(buf):
-    """Address of a Buffer (or 0 for None) as u64."""
-    return 0 if buf is None else buf.addr
-
-
 def raise_memlock_rlimit():
     """Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it there (root may)."""
     try:
@@ -154,5 +143,3 @@ def raise_memlock_rlimit():
     except (ValueError, OSError):
         pass
 
-
-U32 = struct.Struct("<I")

@@ -1,6 +1,5 @@
 """`python -m pytracer` as a user runs it: output formats on real traffic, options, packaging."""
 import json
-import os
 import re
 import subprocess
 import sys
