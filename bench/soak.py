@@ -107,23 +107,7 @@ def map_info_fd(fd):
 
 
 def count_keys_fd(fd, key_size, limit=1 << 22):
-    from pytracer import abi
-    from pytracer.syscall import Buffer
-
-    cur, nxt = Buffer(max(key_size, 1)), Buffer(max(key_size, 1))
-    n, first = 0, True
-    while n < limit:
-        attr = struct.pack("<IIQQ", fd, 0, 0 if first else cur.addr, nxt.addr)
-        try:
-            _bpf(abi.Cmd.MAP_GET_NEXT_KEY, attr)
-        except OSError as e:
-            if e.errno == errno.ENOENT:
-                break
-            raise
-        n += 1
-        first = False
-        cur, nxt = nxt, cur
-    return n
+    return len(map_keys_fd(fd, key_size, limit))
 
 
 def map_keys_fd(fd, key_size, limit=1 << 22):
