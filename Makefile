@@ -96,7 +96,11 @@ $(VENV)/.installed: $(VPY) setup.cfg pyproject.toml
 	$(VPY) -m pip install -q -e '.[test]'
 	@touch $@
 
+# The editable install runs pytracer from this tree, where nothing writes bytecode if PYTHONDONTWRITEBYTECODE
+# is set: every start would then compile pytracer's modules again (~25 ms). Compile them here (only what
+# changed; pip does this itself for a normal install).
 setup: $(VENV)/.installed
+	@$(VPY) -m compileall -q pytracer
 
 run: setup
 	$(VPY) -m pytracer $(ARGS)

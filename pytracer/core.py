@@ -110,6 +110,7 @@ def apply_core_relocations(spec: ObjectSpec, local: BTF, target: BTF) -> List[st
     relocations that are malformed or ambiguous, KernelFeatureError for a missing tp_btf target.  On
     error, `spec` is left unchanged.
     """
+    _prefetch_target_names(spec, local, target)
     relocator = _Relocator(local, target)
     messages: List[str] = []
     new_insns: Dict[str, bytes] = {}
@@ -132,6 +133,22 @@ def apply_core_relocations(spec: ObjectSpec, local: BTF, target: BTF) -> List[st
             prog.attach_btf_id = attach_ids[key]
     spec.relocated = True
     return messages
+
+
+def _prefetch_target_names(spec: ObjectSpec, local: BTF, target: BTF) -> None:
+    """Give the target every name the relocations below will look up, in one batch (see
+    BTF.prefetch_names); bad ids are skipped here and reported by the relocation that uses them."""
+    names = set()
+    for prog in spec.programs.values():
+        if prog.attach_kind == "tp_btf":
+            names.add("btf_trace_" + prog.attach_target)
+        for relo in prog.core_relocs:
+            if relo.kind != K.TYPE_ID_LOCAL:
+                try:
+                    names.add(local.name_of(relo.type_id))
+                except BTFError:
+                    pass
+    target.prefetch_names(names)
 
 
 def _tp_btf_id(target: BTF, prog) -> int:

@@ -3,9 +3,12 @@ global data), with BTF.ext func/line info and CO-RE relocations re-based onto ea
 
 Nothing here touches the kernel; CO-RE relocations are only collected (core.py applies them).
 """
+import bisect
 import io
 import os
+import re
 import struct
+from collections import namedtuple
 
 from . import abi
 from .btf import BTF, BTFExt
@@ -13,12 +16,25 @@ from .errors import BTFError, ObjectFormatError, PytracerError
 from .spec import CoreReloSpec, MapRelocSpec, MapSpec, ObjectSpec, ProgramSpec
 
 EM_BPF = 247
+SHT_SYMTAB = 2
 SHT_NOBITS = 8
+SHT_REL = 9
 SHF_EXECINSTR = 0x4
+STT_OBJECT, STT_FUNC, STT_SECTION = 1, 2, 3
+SHN_LORESERVE = 0xFF00      # section indexes from here up are special (ABS, COMMON, ...), not sections
 GLOBAL_DATA_SECTIONS = (".rodata", ".data", ".bss")
 # A global-data section becomes one array map value; refuse absurd sizes before allocating them.
 MAX_GLOBAL_DATA = 1 << 24
 _INSN = struct.Struct("<BBhi")
+_SYM = struct.Struct("<IBBHQQ")     # Elf64_Sym: name, info, other, shndx, value, size
+_REL = struct.Struct("<QQ")         # Elf64_Rel: offset, info (symbol index << 32 | type)
+
+# BPF_CALL with src_reg BPF_PSEUDO_CALL (a call to a BPF function): opcode byte, then dst/src nibbles
+_PSEUDO_CALL = re.compile(re.escape(bytes([abi.INSN_CALL])) + b"[\\x%02x-\\x%02x]"
+                          % (abi.BPF_PSEUDO_CALL << 4, abi.BPF_PSEUDO_CALL << 4 | 0xF))
+
+# A symbol-table entry; `type` is STT_*, `shndx` the raw section index.
+Symbol = namedtuple("Symbol", "name type shndx value size")
 
 # section prefix -> (program type, expected attach type, attach kind)
 SECTION_TYPES = (
@@ -82,10 +98,39 @@ class _Reader:
             raise ObjectFormatError(f"{path}: only 64-bit little-endian BPF objects are supported")
         self.sections = list(self.elf.iter_sections())
         self.by_name = {s.name: (i, s) for i, s in enumerate(self.sections)}
-        symtab = self.elf.get_section_by_name(".symtab")
-        if symtab is None:
+        symtab = self.by_name.get(".symtab")
+        if symtab is None or symtab[1]["sh_type"] not in ("SHT_SYMTAB", SHT_SYMTAB):
             raise ObjectFormatError(f"{path}: no symbol table")
-        self.symbols = list(symtab.iter_symbols())
+        self.symbols = self._read_symbols(symtab[1])
+
+    def _read_symbols(self, symtab):
+        """The symbol table, unpacked in one call: pyelftools builds a construct container per symbol,
+        which costs ~20 ms for an object of a few hundred symbols, a large share of a cold start."""
+        data = symtab.data()
+        if len(data) % _SYM.size:
+            raise ObjectFormatError(f"{self.path}: symbol table size {len(data)} is not a multiple of "
+                                    f"{_SYM.size}")
+        link = symtab["sh_link"]
+        if not 0 < link < len(self.sections):
+            raise ObjectFormatError(f"{self.path}: symbol table names string table {link}, which "
+                                    f"does not exist")
+        strtab = self.sections[link].data()
+        symbols = []
+        for name_off, info, _other, shndx, value, size in _SYM.iter_unpack(data):
+            end = strtab.find(b"\0", name_off)
+            if name_off >= len(strtab) or end < 0:
+                raise ObjectFormatError(f"{self.path}: symbol name offset {name_off} is outside the "
+                                        f"string table ({len(strtab)} bytes)")
+            if SHN_LORESERVE > shndx >= len(self.sections):
+                raise ObjectFormatError(f"{self.path}: symbol in section {shndx}, which does not exist")
+            name = strtab[name_off:end].decode("utf-8", "replace")
+            symbols.append(Symbol(name, info & 0xF, shndx, value, size))
+        return symbols
+
+    @staticmethod
+    def _in_section(sym):
+        """Whether `sym` is defined in a real section (not undefined, absolute or common)."""
+        return 0 < sym.shndx < SHN_LORESERVE
 
     # ------------------------------------------------------------------------------------------
     def read(self):
@@ -121,8 +166,8 @@ class _Reader:
         for i, s in enumerate(self.sections):
             sizes[s.name] = s["sh_size"]
         for sym in self.symbols:
-            if sym["st_info"]["type"] == "STT_OBJECT" and sym.name:
-                offsets[sym.name] = sym["st_value"]
+            if sym.type == STT_OBJECT and sym.name:
+                offsets[sym.name] = sym.value
         btf_bytes = self.btf.with_datasec_fixups(sizes, offsets)
         return ObjectSpec(path=self.path, license=license_, programs=programs, maps=maps, btf=btf_bytes)
 
@@ -148,12 +193,12 @@ class _Reader:
         self.funcs = []
         self.funcs_by_sec = {}
         for sym in self.symbols:
-            if sym["st_info"]["type"] != "STT_FUNC" or not isinstance(sym["st_shndx"], int):
+            if sym.type != STT_FUNC or not self._in_section(sym):
                 continue
-            sec = self.sections[sym["st_shndx"]]
+            sec = self.sections[sym.shndx]
             if sec.name not in self.code:
                 continue
-            start, size = sym["st_value"], sym["st_size"]
+            start, size = sym.value, sym.size
             if start % 8 or size % 8 or start + size > len(self.code[sec.name]) or size == 0:
                 raise ObjectFormatError(f"{self.path}: function {sym.name} lies outside its section")
             f = _Func(sym.name, sec.name, start // 8, (start + size) // 8)
@@ -165,14 +210,34 @@ class _Reader:
         # relocations per target section: insn byte offset -> symbol
         self.relocs = {}
         for s in self.sections:
-            if s["sh_type"] not in ("SHT_REL", 9):
+            if s["sh_type"] not in ("SHT_REL", SHT_REL):
                 continue
+            if not 0 < s["sh_info"] < len(self.sections):
+                raise ObjectFormatError(f"{self.path}: relocation section {s.name} applies to section "
+                                        f"{s['sh_info']}, which does not exist")
             target = self.sections[s["sh_info"]]
             if target.name not in self.code:
                 continue
+            data = s.data()
+            if len(data) % _REL.size:
+                raise ObjectFormatError(f"{self.path}: relocation section {s.name} size {len(data)} is "
+                                        f"not a multiple of {_REL.size}")
             table = self.relocs.setdefault(target.name, {})
-            for rel in s.iter_relocations():
-                table[rel["r_offset"]] = self.symbols[rel["r_info_sym"]]
+            for offset, info in _REL.iter_unpack(data):
+                if info >> 32 >= len(self.symbols):
+                    raise ObjectFormatError(f"{self.path}: relocation in {s.name} names symbol "
+                                            f"{info >> 32}, which does not exist")
+                if offset % 8:
+                    raise ObjectFormatError(f"{self.path}: relocation in {s.name} at offset {offset} "
+                                            f"is not on an instruction boundary")
+                table[offset] = self.symbols[info >> 32]
+        # Instructions _link must look at, per section: relocated ones and BPF-to-BPF calls (found
+        # with a regex over the code: far cheaper than decoding every instruction in Python).  Any
+        # 8-byte slot that looks like a call is one: the second half of an ld_imm64 starts with 0.
+        self.sites = {}
+        for name, code in self.code.items():
+            calls = {m.start() for m in _PSEUDO_CALL.finditer(code) if m.start() % 8 == 0}
+            self.sites[name] = sorted(calls.union(self.relocs.get(name, ())))
 
     def _func_at(self, section, insn_idx):
         for f in self.funcs_by_sec.get(section, ()):
@@ -195,16 +260,21 @@ class _Reader:
             base = placed[(f.section, f.start)]
             code = bytearray(self.code[f.section][f.start * 8:f.end * 8])
             relocs = self.relocs.get(f.section, {})
-            n = f.end - f.start
-            k = 0
-            while k < n:
+            sites = self.sites[f.section]
+            first = bisect.bisect_left(sites, f.start * 8)
+            last = bisect.bisect_left(sites, f.end * 8)
+            for site in sites[first:last]:
+                k = site // 8 - f.start
                 op, regs, off, imm = _INSN.unpack_from(code, k * 8)
                 src = regs >> 4
                 sym = relocs.get((f.start + k) * 8)
                 if op == abi.INSN_CALL and src == abi.BPF_PSEUDO_CALL:
                     if sym is not None:
-                        tsec = self.sections[sym["st_shndx"]].name
-                        tidx = sym["st_value"] // 8 + imm + 1
+                        if not self._in_section(sym):
+                            raise ObjectFormatError(f"{self.path}: {main.name} calls undefined function "
+                                                    f"'{sym.name}'")
+                        tsec = self.sections[sym.shndx].name
+                        tidx = sym.value // 8 + imm + 1
                     else:
                         tsec, tidx = f.section, f.start + k + imm + 1
                     callee = self._func_at(tsec, tidx)
@@ -220,7 +290,6 @@ class _Reader:
                         f"{self.path}: {main.name} has a relocation against '{sym.name}' on an "
                         f"instruction pytracer cannot relocate (opcode {op:#x}; kfuncs, externs and "
                         f"callbacks are not supported)")
-                k += 2 if op == abi.INSN_LD_IMM64 else 1
             out += code
             self._collect_ext(f, base, prog, func_info, line_info)
         prog.insns = bytes(out)
@@ -230,16 +299,15 @@ class _Reader:
         return prog
 
     def _data_reloc(self, prog, code, k, base, sym, imm, src):
-        shndx = sym["st_shndx"]
-        if not isinstance(shndx, int):
+        if not self._in_section(sym):
             raise ObjectFormatError(f"{self.path}: {prog.name} refers to undefined symbol '{sym.name}' "
                                     f"(extern variables are not supported)")
-        sec = self.sections[shndx].name
+        sec = self.sections[sym.shndx].name
         if sec == ".maps":
             prog.map_relocs.append(MapRelocSpec(base + k, sym.name))
             return
         if sec in self.map_sections:
-            offset = (sym["st_value"] if sym["st_info"]["type"] != "STT_SECTION" else 0) + imm
+            offset = (sym.value if sym.type != STT_SECTION else 0) + imm
             prog.map_relocs.append(MapRelocSpec(base + k, self.map_sections[sec], offset, True))
             # the kernel reads the offset from the second slot's imm; clear the first
             struct.pack_into("<i", code, k * 8 + 4, 0)
@@ -280,10 +348,10 @@ class _Reader:
             initial = bytes(size) if s["sh_type"] in ("SHT_NOBITS", SHT_NOBITS) else s.data()
             variables = {}
             for sym in self.symbols:
-                if sym["st_shndx"] == entry[0] and sym["st_info"]["type"] == "STT_OBJECT" and sym.name:
+                if sym.shndx == entry[0] and sym.type == STT_OBJECT and sym.name:
                     ids = self.btf.find_by_name(sym.name, abi.BTFKind.VAR)
                     tid = self.btf.type(ids[0]).type if ids else 0
-                    variables[sym.name] = (sym["st_value"], sym["st_size"], tid)
+                    variables[sym.name] = (sym.value, sym.size, tid)
             mname = f"{objname}{sec}"
             maps[mname] = MapSpec(
                 name=mname, map_type=int(abi.MapType.ARRAY), key_size=4, value_size=size, max_entries=1,

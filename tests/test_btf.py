@@ -228,6 +228,43 @@ def test_find_by_name_agrees_with_bpftool(vmlinux, vmlinux_dump):
     assert vmlinux.find_by_essential_name("nf_conn___local") == ess
 
 
+def test_prefetch_names_agrees_with_bpftool(vmlinux_dump, monkeypatch):
+    """The one-pass batch lookup that CO-RE uses on the kernel's BTF gives what bpftool lists: exact names,
+    names shared by several types, flavors (nf_conn___init is nf_conn's), absent names; and afterwards no
+    lookup scans the string section again."""
+    saved = BTF._vmlinux_cache.pop(VMLINUX, None)
+    try:
+        btf = BTF.load_vmlinux()            # a parse of its own: nothing looked up yet
+    finally:
+        if saved is not None:
+            BTF._vmlinux_cache[VMLINUX] = saved
+    by_name, by_essential = {}, {}
+    for tid, t in vmlinux_dump.items():
+        by_name.setdefault(t["name"], []).append(tid)
+        if t["name"]:
+            by_essential.setdefault(essential_name(t["name"]), []).append(tid)
+    dup = next(n for n, ids in by_name.items() if n and len(ids) > 2)
+    sample = [t["name"] for tid, t in sorted(vmlinux_dump.items())[1::1999] if t["name"]]
+    names = sample + ["sock", "net", "net_device", "task_struct", "nf_conn", "nf_conn___init",
+                      "nf_conn___local", "btf_trace_net_dev_queue", "no_such_type_anywhere_xyz", dup]
+    btf.prefetch_names(names)
+
+    def no_scan(*a):
+        raise AssertionError("a prefetched name was looked up again")
+    monkeypatch.setattr(btf, "_string_offsets", no_scan)
+    for n in names:
+        assert btf.find_by_name(n) == sorted(by_name.get(n, [])), n
+        assert btf.find_by_essential_name(n) == sorted(by_essential.get(essential_name(n), [])), n
+
+
+def test_prefetch_names_leaves_other_btf_to_the_exact_path():
+    """Only the kernel's BTF is known to store names as whole strings; elsewhere a type name may be the tail
+    of another string ("nt" inside "int"), which only the one-at-a-time lookup finds."""
+    btf = BTF(_btf_blob(INT32 + _t(2, BTFKind.INT, size_type=4) + struct.pack("=I", 32), b"\0int\0"))
+    btf.prefetch_names(["nt", "int"])
+    assert btf.find_by_name("nt") == [2] and btf.find_by_name("int") == [1]
+
+
 def test_resolve_size_and_modifiers(vmlinux, vmlinux_dump):
     (task,) = vmlinux.find_by_name("task_struct", BTFKind.STRUCT)
     assert vmlinux.resolve_size(task) == int(vmlinux_dump[task]["attrs"]["size"])
