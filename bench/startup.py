@@ -5,7 +5,8 @@ Ready = the first header line on the terminal (tcpstates, tcplife, pytracer clas
 "Attaching N probes..." line (printed before it attaches) and the READY line of our script's BEGIN probe
 (printed once every probe is attached). Stdout is a pty, as for a person at a terminal, so C stdio is
 line-buffered. Cold = page cache dropped (and for pytracer an empty PYTRACER_CACHE_DIR); warm = the run
-straight after, with the same cache directory.
+straight after, with the same cache directory; first = a first run (a new empty PYTRACER_CACHE_DIR) with the
+page cache warm, i.e. pytracer's own cold path without the disk reads of a cold interpreter.
 
     python bench/startup.py [--rounds N] [--tools a,b]     prints JSON
 """
@@ -91,7 +92,7 @@ def run_once(tool, timeout=60.0):
 
 
 def rounds(names, n, drop):
-    results = {name: {"cold": [], "warm": []} for name in names}
+    results = {name: {"cold": [], "warm": [], "first": []} for name in names}
     notes = []
     if not drop:
         notes.append("could not drop the page cache: 'cold' is only cold for pytracer's cache")
@@ -107,12 +108,18 @@ def rounds(names, n, drop):
                 results[name]["warm"].append(run_once(tool))
             finally:
                 shutil.rmtree(cache_dir, ignore_errors=True)
+            cache_dir = common.private_cache_dir()
+            try:
+                results[name]["first"].append(run_once(common.tools(cache_dir=cache_dir)[name]))
+            finally:
+                shutil.rmtree(cache_dir, ignore_errors=True)
             common.log(f"startup round {r + 1}/{n} {name}: cold {results[name]['cold'][-1].get('first_line_s')}"
-                       f" warm {results[name]['warm'][-1].get('first_line_s')}")
+                       f" warm {results[name]['warm'][-1].get('first_line_s')}"
+                       f" first {results[name]['first'][-1].get('first_line_s')}")
     summary = {}
     for name, d in results.items():
         s = {}
-        for kind in ("cold", "warm"):
+        for kind in ("cold", "warm", "first"):
             runs = d[kind]
             s[kind + "_s"] = common.median([x["first_line_s"] for x in runs])
             if name == "bpftrace":

@@ -18,7 +18,7 @@ whether pytracer or libbpf loads it:
 * Before patching, the instruction must hold the value computed from the local BTF, which catches
   relocation records that do not belong to the instruction.
 """
-import platform
+import os
 import struct
 import sys
 from typing import Dict, List, Optional
@@ -160,7 +160,7 @@ def _tp_btf_id(target: BTF, prog) -> int:
     if not ids:
         raise KernelFeatureError(
             f"program '{prog.name}' ({prog.section}) needs the BTF-enabled tracepoint "
-            f"'{prog.attach_target}', but the running kernel ({platform.release()}) has no type "
+            f"'{prog.attach_target}', but the running kernel ({os.uname().release}) has no type "
             f"'{name}': the tracepoint does not exist in this kernel")
     return ids[0]
 
