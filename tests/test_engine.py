@@ -175,6 +175,48 @@ def test_nothing_left_in_kernel(how, kernel, tmp_path):
     assert_nothing_left(before, how)
 
 
+# Creates a map in a process that is not ours: a grandchild reparented away from the test, as another BPF
+# user on the machine would be. It prints its pid and holds the map until killed.
+FOREIGN_HOLDER = textwrap.dedent("""
+    import os, sys, time
+    sys.path.insert(0, {root!r})
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    from pytracer import abi, maps
+    from pytracer.spec import MapSpec
+    m = maps.Map.create(MapSpec(name="foreign", map_type=int(abi.MapType.ARRAY), key_size=4, value_size=8,
+                                max_entries=1))
+    print(os.getpid(), flush=True)
+    time.sleep(60)
+""")
+
+
+def test_leak_check_tells_ours_from_other_bpf_users(kernel):
+    """The leak check every kernel test relies on ignores what another process holds while it runs, and
+    still catches what this process leaves."""
+    from pytracer import abi, maps
+    from pytracer.spec import MapSpec
+
+    before = inventory.snapshot()
+    with subprocess.Popen([sys.executable, "-c", FOREIGN_HOLDER.format(root=ROOT)], stdout=subprocess.PIPE,
+                          text=True, env=run_env()) as p:
+        holder = int(p.stdout.readline())      # the grandchild keeps the pipe open: read its one line
+    try:
+        assert inventory.snapshot()["map"] - before["map"], "the foreign holder created no map?"
+        assert_nothing_left(before, "another process's map", timeout=0.5)
+        ours = maps.Map.create(MapSpec(name="ours", map_type=int(abi.MapType.ARRAY), key_size=4,
+                                       value_size=8, max_entries=1))
+        try:
+            with pytest.raises(AssertionError, match="left in the kernel"):
+                assert_nothing_left(before, "our own map", timeout=0.5)
+        finally:
+            ours.close()
+    finally:
+        os.kill(holder, 9)
+    assert_nothing_left(before, "the foreign holder's exit")
+
+
 def test_record_layouts_match_btf(kernel):
     """The construct layouts and the C structs (from the objects' BTF) agree field by field."""
     from pytracer.btf import BTF
