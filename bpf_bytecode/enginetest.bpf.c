@@ -20,6 +20,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include "channel.h"
 #include "enginetest.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -36,17 +37,7 @@ __u64 arg_magic = ENGINETEST_ARG_MAGIC;
 /* .bss */
 __u64 next_seq = 0;
 
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 20);
-} events SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} lost SEC(".maps");
+EVENTS_RINGBUF(1 << 20);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -92,7 +83,7 @@ int getppid_probe(void *ctx)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	__u32 tgid = BPF_CORE_READ(task, tgid);
-	__u32 cpu, zero = 0;
+	__u32 cpu;
 	struct probe_event *e;
 	__u64 seq, *v;
 
@@ -117,9 +108,7 @@ int getppid_probe(void *ctx)
 	seq = __sync_fetch_and_add(&next_seq, 1);
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
-		v = bpf_map_lookup_elem(&lost, &zero);
-		if (v)
-			__sync_fetch_and_add(v, 1);
+		count_lost();
 		return 0;
 	}
 	e->seq = seq;

@@ -26,6 +26,7 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
+#include "channel.h"
 #include "tcpsnoop.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -136,17 +137,7 @@ struct {
 	__type(value, struct sock_info);
 } tw SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 8 << 20);
-} events SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} lost SEC(".maps");
+EVENTS_RINGBUF(8 << 20);
 
 /* Keeps the record layout in the object's BTF for the Python-side layout test. */
 const struct tcpsnoop_event *const __unused_event = 0;
@@ -175,15 +166,6 @@ struct pkt {
 };
 
 /* ---- small helpers --------------------------------------------------------- */
-static __always_inline void count_lost(void)
-{
-	__u32 zero = 0;
-	__u64 *v = bpf_map_lookup_elem(&lost, &zero);
-
-	if (v)
-		__sync_fetch_and_add(v, 1);
-}
-
 static __always_inline int family_pass(__u8 family)
 {
 	if (filter_family == 4)
@@ -732,6 +714,40 @@ static __always_inline int tw_plausible(__u8 flags, __u8 init_bit, __u32 max_end
 }
 
 /*
+ * A segment of no live socket we follow: if the TIME_WAIT mini-socket of a
+ * connection we followed sent (dir DIR_SENT) or received it, it is still that
+ * connection's, shown under its last owner.
+ */
+static __always_inline void emit_time_wait(const struct pkt *p, __u8 dir)
+{
+	struct sock_info *si;
+	__u8 type, attr = 0;
+	int plausible;
+
+	if (p->flags & TH_SYN)
+		return;
+	si = bpf_map_lookup_elem(&tw, &p->t);
+	if (!si)
+		return;
+	if (dir == DIR_SENT)
+		plausible = tw_plausible(si->tx_flags, SI_TX_SEQ_INIT, si->tx_max_end, p->seq);
+	else
+		plausible = tw_plausible(si->rx_flags, SI_RX_SEQ_INIT, si->rx_max_end, p->seq);
+	if (!plausible)
+		return;
+	if (p->payload)
+		attr |= ATTR_RETRANS;
+	if (p->flags & TH_RST)
+		type = EV_RESET;
+	else if (no_data)
+		return;
+	else
+		type = dir == DIR_SENT ? EV_SEND : EV_RECV;
+	if (family_pass(p->t.family) && ports_pass(p->t.lport, p->t.rport))
+		emit(si->sk, si, p, type, dir, attr);
+}
+
+/*
  * fd of the current task -> its TCP socket, or 0.  Walks
  * task->files->fdt->fd[fd] -> file; a socket file has an S_IFSOCK inode and
  * its private_data is the struct socket.
@@ -956,22 +972,7 @@ int BPF_PROG(on_tx, struct sk_buff *skb)
 				emit(0, 0, &p, EV_RESET_CLOSED_PORT, DIR_SENT, 0);
 			return 0;
 		}
-		/* sent by the TIME_WAIT mini-socket of a connection we followed? */
-		if (p.flags & TH_SYN)
-			return 0;
-		si = bpf_map_lookup_elem(&tw, &p.t);
-		if (!si || !tw_plausible(si->tx_flags, SI_TX_SEQ_INIT, si->tx_max_end, p.seq))
-			return 0;
-		if (p.payload)
-			attr |= ATTR_RETRANS;
-		if (p.flags & TH_RST)
-			type = EV_RESET;
-		else if (no_data)
-			return 0;
-		else
-			type = EV_SEND;
-		if (family_pass(p.t.family) && ports_pass(p.t.lport, p.t.rport))
-			emit(si->sk, si, &p, type, DIR_SENT, attr);
+		emit_time_wait(&p, DIR_SENT);
 		return 0;
 	}
 
@@ -1060,23 +1061,8 @@ int BPF_PROG(on_rx, struct sk_buff *skb)
 		}
 	}
 	if (!si) {
-		/* received by the TIME_WAIT mini-socket of a connection we followed? */
-		if (p.flags & TH_SYN)
-			return 0;
-		si = bpf_map_lookup_elem(&tw, &p.t);
-		if (!si || !tw_plausible(si->rx_flags, SI_RX_SEQ_INIT, si->rx_max_end, p.seq))
-			return 0;
 		read_gso(skb, skb->head, &p);
-		if (p.payload)
-			attr |= ATTR_RETRANS;
-		if (p.flags & TH_RST)
-			type = EV_RESET;
-		else if (no_data)
-			return 0;
-		else
-			type = EV_RECV;
-		if (family_pass(p.t.family) && ports_pass(p.t.lport, p.t.rport))
-			emit(si->sk, si, &p, type, DIR_RECEIVED, attr);
+		emit_time_wait(&p, DIR_RECEIVED);
 		return 0;
 	}
 	/* after TCP_CLOSE (until the socket is destroyed) nothing is the connection's */
