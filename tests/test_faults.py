@@ -122,9 +122,12 @@ def check_connection(events, s, c, nsend=NSEND, nrecv=NRECV):
     (sc,) = [e for e in ss if e["event"] == "close"]
     assert (cc["tx_bytes"], cc["rx_bytes"]) == (nsend, nrecv)
     assert (sc["tx_bytes"], sc["rx_bytes"]) == (nrecv, nsend)
-    # segment lines carry every byte (retransmissions show again; the close totals above are exact)
-    assert sum(e["payload"] for e in ss if e["event"] == "recv") >= nsend
-    assert sum(e["payload"] for e in cs if e["event"] == "recv") >= nrecv
+    # segment lines carry every byte (retransmissions show again; the close totals above are exact), unless
+    # the tracer reported losses (a slow reader under emulation): a shortfall is never silent
+    lost = [e for e in events if e.get("event") == "lost"]
+    for side, want in ((ss, nsend), (cs, nrecv)):
+        got = sum(e["payload"] for e in side if e["event"] == "recv")
+        assert got >= want or lost, f"recv lines carry {got} of {want} bytes and no loss was reported"
     return mine
 
 
