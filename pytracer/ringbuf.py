@@ -7,6 +7,13 @@ to 8 bytes. Positions only grow; the data index is pos & (size - 1).
 
 The hot path decodes a run of fixed-size records with one `struct.iter_unpack` call over the mapped memory
 (C speed) after checking, also in C, that every header in the run is committed and of the expected length.
+
+The positions the kernel shares with us (and record headers) are read and written through native-format
+memoryviews: one aligned 8-byte (4-byte) load or store each, as libbpf does. struct's "<Q" goes a byte at a
+time, and the kernel reads consumer_pos while we write it: stored that way, at 22 k records/s through a
+4 MiB ring that never held more than 18 KB, 38-97 records per 8 s were refused as if the ring were full
+(0 stored whole; tests/test_tcpsnoop.py::test_no_loss_when_the_reader_keeps_up). producer_pos read byte by
+byte once produced 3 more lines than records were written (0 read whole).
 """
 import mmap
 import os
@@ -18,8 +25,6 @@ from .errors import PytracerError
 BUSY = 1 << 31
 DISCARD = 1 << 30
 HDR = 8
-_U64 = struct.Struct("<Q")
-_U32 = struct.Struct("<I")
 
 
 class RingBuffer:
@@ -39,18 +44,27 @@ class RingBuffer:
         except OSError as e:
             self.close()
             raise PytracerError(f"cannot map the BPF ring buffer: {os.strerror(e.errno)}") from None
-        self._prod = memoryview(self._prod_map)
-        self._data = self._prod[page:]
-        self._cons_view = memoryview(self._cons_map)
+        self._use_memory(self._cons_map, self._prod_map)
+
+    def _use_memory(self, cons, prod):
+        """Read the consumer page `cons` and the producer page + doubled data area `prod` (the mmaps, or plain
+        buffers laid out alike in tests)."""
+        self._prod = memoryview(prod)
+        self._data = self._prod[mmap.PAGESIZE:]
+        self._cons_view = memoryview(cons)
+        # single aligned 64-bit loads and stores (see the module docstring); headers as 32-bit words
+        self._cons_pos = self._cons_view[:8].cast("Q")
+        self._prod_pos = self._prod[:8].cast("Q")
+        self._words = self._data.cast("I")
         self._fixed = {}
         self.malformed = 0      # records skipped by read() because their length was not the expected one
 
     # -- positions -------------------------------------------------------------------------------------
     def _consumer(self):
-        return _U64.unpack_from(self._cons_view, 0)[0]
+        return self._cons_pos[0]
 
     def _producer(self):
-        return _U64.unpack_from(self._prod, 0)[0]
+        return self._prod_pos[0]
 
     def pending_bytes(self):
         return self._producer() - self._consumer()
@@ -97,7 +111,7 @@ class RingBuffer:
                     cons += n * stride
                     continue
             # slow path: one record at a time
-            hdr = _U32.unpack_from(data, off)[0]
+            hdr = self._words[off >> 2]
             if hdr & BUSY:
                 break
             length = hdr & ~(BUSY | DISCARD)
@@ -107,7 +121,7 @@ class RingBuffer:
                 else:
                     self.malformed += 1
             cons += (length + HDR + 7) & ~7
-        _U64.pack_into(self._cons_view, 0, cons)
+        self._cons_pos[0] = cons
         return out
 
     def read_raw(self, limit=1 << 30):
@@ -118,18 +132,18 @@ class RingBuffer:
         prod = self._producer()
         while cons < prod and len(out) < limit:
             off = cons & mask
-            hdr = _U32.unpack_from(data, off)[0]
+            hdr = self._words[off >> 2]
             if hdr & BUSY:
                 break
             length = hdr & ~(BUSY | DISCARD)
             if not hdr & DISCARD:
                 out.append(bytes(data[off + HDR:off + HDR + length]))
             cons += (length + HDR + 7) & ~7
-        _U64.pack_into(self._cons_view, 0, cons)
+        self._cons_pos[0] = cons
         return out
 
     def close(self):
-        for name in ("_data", "_prod", "_cons_view"):
+        for name in ("_words", "_cons_pos", "_prod_pos", "_data", "_prod", "_cons_view"):
             v = getattr(self, name, None)
             if v is not None:
                 v.release()

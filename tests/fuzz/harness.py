@@ -25,6 +25,7 @@ import contextlib
 import glob
 import io
 import json
+import mmap
 import os
 import random
 import re
@@ -919,17 +920,13 @@ def simulated_ring(size, records, producer_gap=0):
         for i, byte in enumerate(chunk):
             area[(pos + i) % size] = byte
         pos += len(chunk)
-    page = 4096
+    page = mmap.PAGESIZE
     prod = bytearray(page) + area + area
     struct.pack_into("<Q", prod, 0, pos + producer_gap)
     rb = RingBuffer.__new__(RingBuffer)
     rb.size, rb.mask = size, size - 1
     rb._cons_map = rb._prod_map = rb._epoll = None
-    rb._prod = memoryview(prod)
-    rb._data = rb._prod[page:]
-    rb._cons_view = memoryview(bytearray(page))
-    rb._fixed = {}
-    rb.malformed = 0
+    rb._use_memory(bytearray(page), prod)
     return rb
 
 
