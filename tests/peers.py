@@ -6,7 +6,7 @@
     python peers.py handler NAME RECV SEND                      (exec'd by inetd) I/O on fd 0
     python peers.py fdpass NAME FAMILY HOST PORT RECEIVER_NAME RECV SEND accept, pass the fd over a unix socket
 
-Every process prints "PID <name> <pid>" and, for listeners, "LISTEN <port>" on stdout, line-buffered.
+Every process prints "PID <name> <pid>" and, for listeners, "LISTEN <port>" on stdout, one write per line.
 """
 import array
 import ctypes
@@ -17,9 +17,15 @@ import sys
 PR_SET_NAME = 15
 
 
+def say(line):
+    """One whole line in one write(2): a forked child shares the pipe, and print() under PYTHONUNBUFFERED
+    writes the text and its newline separately, so lines could interleave ("LISTEN 35153PID trecv ...")."""
+    os.write(1, f"{line}\n".encode())
+
+
 def set_name(name):
     ctypes.CDLL(None).prctl(PR_SET_NAME, name.encode(), 0, 0, 0)
-    print(f"PID {name} {os.getpid()}", flush=True)
+    say(f"PID {name} {os.getpid()}")
 
 
 def family_of(f):
@@ -48,7 +54,7 @@ def listener(fam, host, port):
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((host, int(port)))
     s.listen(16)
-    print(f"LISTEN {s.getsockname()[1]}", flush=True)
+    say(f"LISTEN {s.getsockname()[1]}")
     return s
 
 
