@@ -65,6 +65,7 @@ struct tuple {
 /* owner.flags: written in process context only (publish_owner) */
 #define SI_OWNER_KNOWN	0x01
 #define SI_CGROUP_MATCH	0x02
+#define SI_ACCEPT_SHOWN	0x04	/* EV_ACCEPT went out: its lines are printed once (see adopt) */
 /* tx_flags: written on the transmit path only (serialised per socket) */
 #define SI_TX_SEQ_INIT	0x01
 #define SI_TUPLE_WIRE	0x02	/* tuple was taken from a sent packet */
@@ -88,7 +89,7 @@ struct owner {
 	char comm[TASK_COMM_LEN];
 	__u32 pid;
 	__u32 uid;
-	__u8 flags;		/* SI_OWNER_KNOWN, SI_CGROUP_MATCH; written last */
+	__u8 flags;		/* SI_OWNER_KNOWN, SI_CGROUP_MATCH, SI_ACCEPT_SHOWN; written last */
 	__u8 _pad[7];
 };
 
@@ -255,7 +256,7 @@ static __always_inline void publish_owner(struct sock_info *si, const struct own
 	si->o.pid = o->pid;
 	si->o.uid = o->uid;
 	asm volatile("" ::: "memory");
-	si->o.flags = o->flags;
+	si->o.flags = o->flags | (si->o.flags & SI_ACCEPT_SHOWN);
 }
 
 /* A consistent copy of an entry's owner, taken before a record is reserved (see adopt). */
@@ -598,6 +599,7 @@ static __always_inline void seed_rx(__u64 skp, struct sock_info *si)
 static __always_inline void adopt(__u64 skp, struct sock_info *si, int accepted)
 {
 	int was_unknown = !(si->o.flags & SI_OWNER_KNOWN);
+	int shown = si->o.flags & SI_ACCEPT_SHOWN;
 	struct tcpsnoop_event *e;
 	struct owner o;
 	struct pkt p;
@@ -608,7 +610,12 @@ static __always_inline void adopt(__u64 skp, struct sock_info *si, int accepted)
 		si->netns = si->tuple.netns;
 		insert_tuple(si, skp);
 	}
-	if ((!accepted && !was_unknown) || !family_pass(si->tuple.family) ||
+	/*
+	 * Once per connection: accept() itself can adopt first, when releasing
+	 * the new socket's lock sends an ACK for data that arrived meanwhile
+	 * (adopt_if_sender), and its syscall exit adopts again.
+	 */
+	if ((!accepted && !was_unknown) || shown || !family_pass(si->tuple.family) ||
 	    !ports_pass(si->tuple.lport, si->tuple.rport)) {
 		publish_owner(si, &o);
 		return;
@@ -621,6 +628,8 @@ static __always_inline void adopt(__u64 skp, struct sock_info *si, int accepted)
 		attr = ATTR_DISCARD;
 	}
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (e)
+		o.flags |= SI_ACCEPT_SHOWN;
 	publish_owner(si, &o);
 	if (!e) {
 		count_lost();
