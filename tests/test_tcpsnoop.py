@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 import traffic
-from conftest import kernel_unavailable
+from conftest import check_or_known_fallback_issue, kernel_unavailable
 from pytracer.tcpsnoop import TcpSnoop
 
 NSEND, NRECV = 300_000, 7_000
@@ -40,14 +40,14 @@ def check_conversation(events, s, c, family, nsend=NSEND, nrecv=NRECV):
     assert [(e.dir, e.size, e.pid, e.comm) for e in acc] == [("in", hs, spid, "tsrv"), ("out", hs, spid, "tsrv"),
                                                             ("in", hs, spid, "tsrv")]
     # every line of each socket names its owner, never whatever ran in softirq
-    assert {(e.pid, e.comm, e.uid) for e in cs} == {(cpid, "tcli", 0)}
-    assert {(e.pid, e.comm, e.uid) for e in ss} == {(spid, "tsrv", 0)}
+    for side, who in ((cs, (cpid, "tcli", 0)), (ss, (spid, "tsrv", 0))):
+        owners = {(e.pid, e.comm, e.uid) for e in side}
+        check_or_known_fallback_issue(owners == {who}, f"owners {owners}, expected {who}")
     # payload per direction: every byte the peers sent is on a segment line (a retransmitted segment, which
     # a loaded or emulated machine can cause, shows again); the close totals below count each byte once
-    assert sum(e.payload for e in of(cs, event="send")) >= nsend
-    assert sum(e.payload for e in of(ss, event="recv")) >= nsend
-    assert sum(e.payload for e in of(ss, event="send")) >= nrecv
-    assert sum(e.payload for e in of(cs, event="recv")) >= nrecv
+    for side, event, want in ((cs, "send", nsend), (ss, "recv", nsend), (ss, "send", nrecv), (cs, "recv", nrecv)):
+        got = sum(e.payload for e in of(side, event=event))
+        check_or_known_fallback_issue(got >= want, f"{event} lines carry {got} of {want} bytes")
     # pure ACKs and FINs are segments too
     assert any(e.payload == 0 for e in of(cs, event="send"))
     # sizes: IP packet + 14
