@@ -532,10 +532,10 @@ class BTF:
         if not self._whole_string_names:
             return
         wanted = {n for n in names if n and n not in self._name_cache}
-        essentials = {essential_name(n) for n in wanted} - self._ess_cache.keys()
-        if not wanted and not essentials:
+        if not wanted:
             return
-        alternatives = sorted({essential_name(n) for n in wanted} | essentials, key=len, reverse=True)
+        alternatives = sorted({essential_name(n) for n in wanted}, key=len, reverse=True)
+        essentials = set(alternatives) - self._ess_cache.keys()
         pattern = re.compile(b"\\0(" + b"|".join(re.escape(a.encode()) for a in alternatives)
                              + b")(?:___[^\\0]*)?(?=\\0)")
         base = self._str_start

@@ -43,6 +43,12 @@ EVENT_NAMES = {ev_mod.EV_CONNECT: "connect", ev_mod.EV_ACCEPT: "accept", ev_mod.
 HANDSHAKE_SIZE = {4: 54, 6: 74}
 
 
+def have_sock_length_tracepoints():
+    """Whether this kernel has sock:sock_{send,recv}_length (Linux 6.3+); without them the owner refresh
+    falls back to the syscall-entry program."""
+    return tracepoint_exists("sock/sock_send_length") and tracepoint_exists("sock/sock_recv_length")
+
+
 def wanted_program(prog, have_sock_len):
     """Which programs to load: the owner refresh comes from sock:sock_{send,recv}_length where the kernel
     has them (Linux 6.3+; raw tracepoints, attached by name), and from the syscall-entry program (much more
@@ -238,7 +244,7 @@ class TcpSnoop:
 
         if self.started:
             return self
-        have_sock_len = tracepoint_exists("sock/sock_send_length") and tracepoint_exists("sock/sock_recv_length")
+        have_sock_len = have_sock_length_tracepoints()
         if not have_sock_len:
             self.fallbacks.append("sock:sock_send_length is missing (Linux < 6.3): process attribution "
                                   "uses syscall tracepoints instead")

@@ -123,11 +123,10 @@ def _held_by_others():
 
 
 def fallback_kernel():
-    """True on a kernel without sock:sock_recv_length (before 6.3), where the tracer learns owners from
-    system calls (the 6.1 fallback)."""
-    from pytracer.btf import BTF
+    """True where the tracer learns owners from system calls (Linux < 6.3: the 6.1 fallback)."""
+    from pytracer.tcpsnoop import have_sock_length_tracepoints
 
-    return not BTF.load_vmlinux().find_by_name("btf_trace_sock_recv_length")
+    return not have_sock_length_tracepoints()
 
 
 def check_or_known_fallback_issue(ok, what):
