@@ -39,6 +39,8 @@ import uuid
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import sh  # noqa: E402
 
 THIS = os.path.abspath(__file__)
 
@@ -429,13 +431,6 @@ def role_clients(args):
 # =====================================================================================================
 # Orchestration
 # =====================================================================================================
-
-def sh(*cmd, check=True):
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if check and r.returncode:
-        raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
-    return r
-
 
 class NetnsPair:
     """Two network namespaces joined by a veth pair: A 169.254.88.1 / fd88::1, B .2 / ::2."""

@@ -332,17 +332,23 @@ def test_stdout_closed_early(kernel, tmp_path, fmt):
 PRIV_MSG = re.compile(r"^pytracer: .*(CAP_BPF|CAP_PERFMON|root)", re.S)
 
 
-def _priv_case(tmp_path, cmd, expect_missing):
-    t = Tracer(tmp_path, cmd=cmd)
+def _refused(t, missing):
+    """The tracer exited 4 with a one-line message (no traceback) naming each of `missing`; returns the line."""
     rc = t.wait(timeout=60)
     err = t.stderr()
     assert rc == 4, f"exit status {rc}, expected 4; stderr: {err}"
     assert not TRACEBACK.search(err), err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1, f"expected a one-line message, got:\n{err}"
-    assert PRIV_MSG.search(lines[0]), lines[0]
-    for cap in expect_missing:
+    for cap in missing:
         assert cap in lines[0], f"message does not name {cap}: {lines[0]}"
+    return lines[0]
+
+
+def _priv_case(tmp_path, cmd, expect_missing):
+    t = Tracer(tmp_path, cmd=cmd)
+    line = _refused(t, expect_missing)
+    assert PRIV_MSG.search(line), line
     assert t.stdout() == b"", "nothing should be printed on stdout"
 
 
@@ -372,17 +378,10 @@ def test_capabilities_dropped(kernel, tmp_path, drop, missing):
     before = kernel_view.kernel_snapshot()
     cmd = " ".join(pytracer_cmd("-d", "2", "-P", "1"))
     t = Tracer(tmp_path, cmd=["capsh", f"--drop={drop}", "--", "-c", f"exec {cmd}"])
-    rc = t.wait(timeout=60)
-    err = t.stderr()
-    assert rc == 4, f"exit status {rc}, expected 4; stderr: {err}"
-    assert not TRACEBACK.search(err), err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, f"expected a one-line message, got:\n{err}"
-    for cap in missing:
-        assert cap in lines[0], f"message does not name {cap}: {lines[0]}"
+    line = _refused(t, missing)
     others = {"CAP_BPF", "CAP_PERFMON"} - set(missing)
     for cap in others:
-        assert f"lacks {cap}" not in lines[0] and f"missing: {cap}" not in lines[0], lines[0]
+        assert f"lacks {cap}" not in line and f"missing: {cap}" not in line, line
     assert_nothing_left({}, before, f"dropping {drop}")
 
 

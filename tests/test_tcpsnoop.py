@@ -344,15 +344,17 @@ def test_no_loss_when_the_reader_keeps_up(kernel, no_leaks):
             churn.stdin.write("go\n")
             churn.stdin.flush()
             lines, lost = [], {}
-            while churn.poll() is None:
-                lines += snoop.poll_lines(0.25)
+
+            def count_losses():
                 snoop.new_losses()
                 for why, count in snoop.last_losses.items():
                     lost[why] = lost.get(why, 0) + count
+
+            while churn.poll() is None:
+                lines += snoop.poll_lines(0.25)
+                count_losses()
             events = [Event(line) for line in lines] + traffic.collect(snoop)
-            snoop.new_losses()
-            for why, count in snoop.last_losses.items():
-                lost[why] = lost.get(why, 0) + count
+            count_losses()
     finally:
         churn.kill()
         churn.wait()

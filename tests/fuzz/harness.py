@@ -473,15 +473,20 @@ def exercise_btf(btf, budget=400):
     btf.raw  # noqa: B018
 
 
-def target_elf(seed_idx, ops):
-    """read_object on a mutated committed object."""
-    from pytracer.elf import read_object
-
+def _on_mutated_object(fn, seed_idx, ops):
+    """run_target(fn, mutated object bytes, its name) for a committed object mutated by `ops`."""
     name, data = _pick(object_seeds(), seed_idx)
     if data is None:
         return "no seed"
     mutated = apply_ops(data, ops, layout_of(("elf", name), data, "elf"))
-    return run_target(read_object, mutated, name)
+    return run_target(fn, mutated, name)
+
+
+def target_elf(seed_idx, ops):
+    """read_object on a mutated committed object."""
+    from pytracer.elf import read_object
+
+    return _on_mutated_object(read_object, seed_idx, ops)
 
 
 def _pipeline(mutated, name):
@@ -501,11 +506,7 @@ def _pipeline(mutated, name):
 
 
 def target_pipeline(seed_idx, ops):
-    name, data = _pick(object_seeds(), seed_idx)
-    if data is None:
-        return "no seed"
-    mutated = apply_ops(data, ops, layout_of(("elf", name), data, "elf"))
-    return run_target(_pipeline, mutated, name)
+    return _on_mutated_object(_pipeline, seed_idx, ops)
 
 
 def _btf_and_use(blob):
