@@ -102,11 +102,14 @@ typedef struct {
 	int owned;			/* lock_sock() held by a task */
 } __pa socket_lock_t;
 
+struct socket;
+
 struct sock {
 	struct sock_common __sk_common;
 	socket_lock_t sk_lock;
 	__u16 sk_protocol;		/* u16 since 5.6; a bitfield before */
 	__u16 sk_type;
+	struct socket *sk_socket;	/* NULL until accept() gives the socket a file (and once orphaned) */
 } __pa;
 
 struct socket {
@@ -118,9 +121,24 @@ struct inode {
 	unsigned short i_mode;		/* umode_t */
 } __pa;
 
+typedef struct {
+	int counter;
+} atomic_t;
+
+typedef struct {
+	long counter;
+} atomic_long_t;
+
+/* Linux 6.13+: a file's reference count; refcnt 0 means one reference (FILE_REF_ONEREF) */
+typedef struct {
+	atomic_long_t refcnt;
+} file_ref_t;
+
 struct file {
 	void *private_data;
 	struct inode *f_inode;
+	atomic_long_t f_count;		/* up to 6.12 */
+	file_ref_t f_ref;		/* 6.13+ */
 } __pa;
 
 struct fdtable {
@@ -129,12 +147,77 @@ struct fdtable {
 } __pa;
 
 struct files_struct {
+	atomic_t count;			/* tasks sharing this fd table */
 	struct fdtable *fdt;
+} __pa;
+
+/* ---- tasks, credentials, cgroups ---------------------------------------------- */
+typedef struct {
+	__u32 val;
+} kuid_t;
+
+struct cred {
+	kuid_t uid;
+} __pa;
+
+struct kernfs_node {
+	__u64 id;			/* the cgroup id bpf_get_current_cgroup_id() returns (5.5+) */
+} __pa;
+
+struct cgroup {
+	struct kernfs_node *kn;
+	int level;
+} __pa;
+
+/* The ancestors of a cgroup, by level: ids up to 6.0, pointers from 6.1 on. */
+struct cgroup___ids {
+	__u64 ancestor_ids[0];
+} __pa;
+
+struct cgroup___ptrs {
+	struct cgroup *ancestors[0];
+} __pa;
+
+struct css_set {
+	struct cgroup *dfl_cgrp;
 } __pa;
 
 struct task_struct {
 	int tgid;			/* pid_t */
 	struct files_struct *files;
+	const struct cred *cred;
+	struct css_set *cgroups;
+	char comm[16];
+} __pa;
+
+/* ---- BPF iterator contexts (kernel/bpf/task_iter.c, net/ipv4/tcp_ipv4.c) ------- */
+struct bpf_iter_meta {
+	void *seq;
+	__u64 session_id;
+	__u64 seq_num;
+} __pa;
+
+struct bpf_iter__task_file {
+	union {
+		struct bpf_iter_meta *meta;
+	} __attribute__((aligned(8)));
+	union {
+		struct task_struct *task;
+	} __attribute__((aligned(8)));
+	__u32 fd;
+	union {
+		struct file *file;
+	} __attribute__((aligned(8)));
+} __pa;
+
+struct bpf_iter__tcp {
+	union {
+		struct bpf_iter_meta *meta;
+	} __attribute__((aligned(8)));
+	union {
+		struct sock_common *sk_common;
+	} __attribute__((aligned(8)));
+	__u32 uid;
 } __pa;
 
 /* ---- packets ----------------------------------------------------------------- */

@@ -11,8 +11,19 @@
  *   - `tuples` maps the connection's addresses as seen on the wire (per
  *     network namespace) back to the socket, because a received skb does not
  *     carry its socket yet when netif_receive_skb fires.
- *   - Every packet is seen at the device: net_dev_queue (sent) and
- *     netif_receive_skb (received), both as tp_btf so the skb is typed.
+ *   - Every packet is seen at the device, where taps (tcpdump) see it:
+ *     net_dev_start_xmit (sent: after the device layer split GSO skbs it
+ *     cannot send whole) and netif_receive_skb (received), both as tp_btf so
+ *     the skb is typed.  A packet of no socket we know is either a passive
+ *     handshake's (EV_HANDSHAKE, named once the connection is accepted), a
+ *     TIME_WAIT connection's (`tw`), or counted in `unattributed`.
+ *   - Sockets that exist when the tracer starts are registered by two BPF
+ *     iterators before the first record is read: task_file (with the process
+ *     holding each) and tcp (the rest, owner unknown).
+ *   - The owner is the process that last did I/O on the socket while holding
+ *     it.  When the owner closes its descriptor (or exits) while others still
+ *     hold the socket, the owner becomes unknown: records are held in user
+ *     space until the next holder does I/O (EV_OWNER names it).
  *   - No classic (perf) tracepoint programs: those run through
  *     trace_call_bpf(), which silently skips a run while any other
  *     kprobe/tracepoint program is active on the CPU (a state change in
@@ -138,6 +149,26 @@ struct {
 	__type(value, struct sock_info);
 } tw SEC(".maps");
 
+/*
+ * Passive connections whose SYN-ACK went out from a request socket, by tuple:
+ * the ACK (or data) that completes the handshake arrives before the child
+ * socket is in `tuples`, and belongs to the handshake.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct tuple);
+	__type(value, __u8);
+} halfopen SEC(".maps");
+
+/* Segments of no socket we know (not a handshake, not TIME_WAIT): counted, never dropped silently. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} unattributed SEC(".maps");
+
 EVENTS_RINGBUF(8 << 20);
 
 /* Keeps the record layout in the object's BTF for the Python-side layout test. */
@@ -148,6 +179,7 @@ const enum ev_type __unused_ev_type = EV_CONNECT;
 /* x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl) */
 #define NR_read		0
 #define NR_write	1
+#define NR_close	3
 #define NR_readv	19
 #define NR_writev	20
 #define NR_sendto	44
@@ -583,11 +615,12 @@ static __always_inline void seed_rx(__u64 skp, struct sock_info *si)
 }
 
 /*
- * Makes `current` the owner of an existing entry (process context only).  A
- * passive socket whose owner was unknown is thereby resolved: tell Python
- * with EV_ACCEPT (it prints the handshake and flushes the records it held
- * back), or with ATTR_DISCARD if the owner fails the filters.  `accepted`
- * (from accept()) always reports EV_ACCEPT.
+ * Makes `current` the owner of an existing entry (process context only).  An
+ * owner that was unknown is thereby resolved: a passive socket not shown yet
+ * with EV_ACCEPT (Python prints the handshake and flushes the records it held
+ * back), any other with EV_OWNER (Python flushes them under the new owner);
+ * either with ATTR_DISCARD if the owner fails the filters.  `accepted` (from
+ * accept()) reports EV_ACCEPT once.
  *
  * Order: the EV_ACCEPT record is reserved *before* the new owner is
  * published.  Every other record snapshots the owner before reserving (see
@@ -603,7 +636,7 @@ static __always_inline void adopt(__u64 skp, struct sock_info *si, int accepted)
 	struct tcpsnoop_event *e;
 	struct owner o;
 	struct pkt p;
-	__u8 attr = 0;
+	__u8 type, attr = 0;
 
 	current_owner(&o);
 	if (!(si->state_flags & SI_TUPLE_SET) && tuple_from_sk(skp, &si->tuple)) {
@@ -611,13 +644,17 @@ static __always_inline void adopt(__u64 skp, struct sock_info *si, int accepted)
 		insert_tuple(si, skp);
 	}
 	/*
-	 * Once per connection: accept() itself can adopt first, when releasing
-	 * the new socket's lock sends an ACK for data that arrived meanwhile
-	 * (adopt_if_sender), and its syscall exit adopts again.
+	 * EV_ACCEPT once per connection: accept() itself can adopt first, when
+	 * releasing the new socket's lock sends an ACK for data that arrived
+	 * meanwhile (adopt_if_locked), and its syscall exit adopts again.
 	 */
-	if ((!accepted && !was_unknown) || shown || !family_pass(si->tuple.family) ||
-	    !ports_pass(si->tuple.lport, si->tuple.rport)) {
+	if (!was_unknown && (!accepted || shown)) {
 		publish_owner(si, &o);
+		return;
+	}
+	type = !shown && (accepted || (si->state_flags & SI_PASSIVE)) ? EV_ACCEPT : EV_OWNER;
+	if (!family_pass(si->tuple.family) || !ports_pass(si->tuple.lport, si->tuple.rport)) {
+		publish_owner(si, &o);	/* nothing of this connection was reported */
 		return;
 	}
 	if (!owner_pass(&o)) {
@@ -628,7 +665,7 @@ static __always_inline void adopt(__u64 skp, struct sock_info *si, int accepted)
 		attr = ATTR_DISCARD;
 	}
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (e)
+	if (e && type == EV_ACCEPT)
 		o.flags |= SI_ACCEPT_SHOWN;
 	publish_owner(si, &o);
 	if (!e) {
@@ -636,8 +673,7 @@ static __always_inline void adopt(__u64 skp, struct sock_info *si, int accepted)
 		return;
 	}
 	tuple_to_pkt(&si->tuple, &p);
-	p.payload = si->syn_data;	/* a TCP Fast Open SYN's data: on tcpsnoop's SYN line */
-	fill_event(e, skp, si, &o, &p, EV_ACCEPT, DIR_RECEIVED, attr);
+	fill_event(e, skp, si, &o, &p, type, DIR_RECEIVED, attr);
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -679,15 +715,17 @@ static __always_inline void refresh_owner(__u64 skp, int accepted)
 }
 
 /*
- * Transmit path: if the socket is owned by user (lock_sock() held), the
- * segment is being sent by the task holding the lock, i.e. `current`, in
- * process context: softirq/timer transmit paths back off while a task owns
- * the socket.  Adopting the owner here, *before* the segment is reported,
- * names the right process for the first write after a hand-off (inetd child,
- * fd passed over a unix socket); sock_send_length only fires after the data
- * has gone out.
+ * If the socket is owned by user (lock_sock() held), the caller runs in the
+ * task holding the lock, i.e. `current`: softirq and timer paths back off
+ * while a task owns the socket, and the backlog they leave is processed by
+ * that task.  Called where a segment is queued for sending (net_dev_queue
+ * runs in the sender's context; net_dev_start_xmit may not, behind a qdisc)
+ * and on state changes (close() runs them under the lock): adopting the
+ * owner there, *before* the segment is reported, names the right process for
+ * the first write after a hand-off and for the FIN of the last holder;
+ * sock_send_length only fires after the data has gone out.
  */
-static __always_inline void adopt_if_sender(__u64 skp, struct sock_info *si)
+static __always_inline void adopt_if_locked(__u64 skp, struct sock_info *si)
 {
 	union {
 		char c[TASK_COMM_LEN];
@@ -725,57 +763,86 @@ static __always_inline int tw_plausible(__u8 flags, __u8 init_bit, __u32 max_end
 /*
  * A segment of no live socket we follow: if the TIME_WAIT mini-socket of a
  * connection we followed sent (dir DIR_SENT) or received it, it is still that
- * connection's, shown under its last owner.
+ * connection's, shown under its last owner.  Returns 1 if it was.
  */
-static __always_inline void emit_time_wait(const struct pkt *p, __u8 dir)
+static __always_inline int emit_time_wait(const struct pkt *p, __u8 dir)
 {
 	struct sock_info *si;
 	__u8 type, attr = 0;
 	int plausible;
 
 	if (p->flags & TH_SYN)
-		return;
+		return 0;
 	si = bpf_map_lookup_elem(&tw, &p->t);
 	if (!si)
-		return;
+		return 0;
 	if (dir == DIR_SENT)
 		plausible = tw_plausible(si->tx_flags, SI_TX_SEQ_INIT, si->tx_max_end, p->seq);
 	else
 		plausible = tw_plausible(si->rx_flags, SI_RX_SEQ_INIT, si->rx_max_end, p->seq);
 	if (!plausible)
-		return;
+		return 0;
 	if (p->payload)
 		attr |= ATTR_RETRANS;
 	if (p->flags & TH_RST)
 		type = EV_RESET;
 	else if (no_data)
-		return;
+		return 1;
 	else
 		type = dir == DIR_SENT ? EV_SEND : EV_RECV;
 	if (family_pass(p->t.family) && ports_pass(p->t.lport, p->t.rport))
 		emit(si->sk, si, p, type, dir, attr);
+	return 1;
+}
+
+static __always_inline void count_unattributed(void)
+{
+	__u32 zero = 0;
+	__u64 *v = bpf_map_lookup_elem(&unattributed, &zero);
+
+	if (v)
+		__sync_fetch_and_add(v, 1);
 }
 
 /*
- * fd of the current task -> its TCP socket, or 0.  Walks
- * task->files->fdt->fd[fd] -> file; a socket file has an S_IFSOCK inode and
- * its private_data is the struct socket.
+ * A packet of a passive handshake, seen before its socket has an owner (or,
+ * for the SYN and the ACK, before it exists): Python holds it by tuple and
+ * prints it as an accept line once the connection is accepted, or as the
+ * closed-port pair's SYN.
  */
-static __noinline __u64 fd_to_tcp_sk(__u32 fd)
+static __always_inline void emit_handshake(__u64 skp, const struct sock_info *si,
+					   const struct pkt *p, __u8 dir)
+{
+	if (family_pass(p->t.family) && ports_pass(p->t.lport, p->t.rport))
+		emit(skp, si, p, EV_HANDSHAKE, dir, ATTR_OWNER_UNKNOWN);
+}
+
+/* fd of the current task -> its file (task->files->fdt->fd[fd]), or 0. */
+static __always_inline struct file *fd_to_file(__u32 fd)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
 	struct file **fds;
 	struct file *f = 0;
-	struct socket *sock;
-	struct sock *sk;
 
 	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
 		return 0;
 	fds = BPF_CORE_READ(fdt, fd);
-	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]))
 		return 0;
-	if ((BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+	return f;
+}
+
+/*
+ * A file -> its TCP socket, or 0.  A socket file has an S_IFSOCK inode and
+ * its private_data is the struct socket.
+ */
+static __noinline __u64 file_to_tcp_sk(struct file *f)
+{
+	struct socket *sock;
+	struct sock *sk;
+
+	if (!f || (BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
 		return 0;
 	sock = (struct socket *)BPF_CORE_READ(f, private_data);
 	sk = BPF_CORE_READ(sock, sk);
@@ -790,6 +857,82 @@ static __noinline __u64 fd_to_tcp_sk(__u32 fd)
 		return (__u64)sk;
 	}
 	return 0;
+}
+
+static __always_inline __u64 fd_to_tcp_sk(__u32 fd)
+{
+	return file_to_tcp_sk(fd_to_file(fd));
+}
+
+/* References to a file: descriptors (in any process) and in-flight SCM_RIGHTS messages. */
+static __always_inline long file_refs(struct file *f)
+{
+	if (bpf_core_field_exists(f->f_count))
+		return BPF_CORE_READ(f, f_count.counter);
+	return BPF_CORE_READ(f, f_ref.refcnt.counter) + 1;	/* 6.13+: 0 is one reference */
+}
+
+/*
+ * Process `tgid` lets go of its descriptor `f` of socket `skp` (close, exit).
+ * If it owned the socket and others still hold it, nobody is known to own it
+ * until the next holder does I/O: segments meanwhile are held in user space
+ * and named after that holder (EV_OWNER).  The last reference going away
+ * closes the socket in this task, which stays its owner.
+ */
+static __always_inline void owner_leaves(__u64 skp, struct file *f, __u32 tgid)
+{
+	struct sock_info *si = bpf_map_lookup_elem(&socks, &skp);
+
+	if (!si || !(si->o.flags & SI_OWNER_KNOWN) || si->o.pid != tgid)
+		return;
+	if (file_refs(f) <= 1)
+		return;
+	si->o.flags &= ~SI_OWNER_KNOWN;
+}
+
+static __always_inline void closing_fd(__s64 fd)
+{
+	struct file *f;
+	__u64 skp;
+
+	if (fd < 0 || fd > 0x7fffffff)
+		return;
+	f = fd_to_file((__u32)fd);
+	skp = file_to_tcp_sk(f);
+	if (skp)
+		owner_leaves(skp, f, bpf_get_current_pid_tgid() >> 32);
+}
+
+/* The owner, from a task other than current (the iterator's). */
+static __always_inline void task_owner(struct task_struct *task, struct owner *o)
+{
+	struct cgroup *cgrp = BPF_CORE_READ(task, cgroups, dfl_cgrp);
+	__u8 flags = SI_OWNER_KNOWN;
+	__u64 anc = 0;
+
+	__builtin_memset(o, 0, sizeof(*o));
+	o->pid = BPF_CORE_READ(task, tgid);
+	o->uid = BPF_CORE_READ(task, cred, uid.val);
+	o->cgroup_id = BPF_CORE_READ(cgrp, kn, id);
+	bpf_core_read(o->comm, sizeof(o->comm), &task->comm);
+	if (has_cgroup && filter_cgroup_level <= (__u32)BPF_CORE_READ(cgrp, level)) {
+		/* what bpf_get_current_ancestor_cgroup_id(level) returns for current */
+		if (bpf_core_field_exists(((struct cgroup___ptrs *)cgrp)->ancestors)) {
+			struct cgroup *a = 0;
+
+			bpf_probe_read_kernel(&a, sizeof(a), (void *)cgrp +
+					      bpf_core_field_offset(struct cgroup___ptrs, ancestors) +
+					      filter_cgroup_level * sizeof(a));
+			anc = BPF_CORE_READ(a, kn, id);
+		} else {
+			bpf_probe_read_kernel(&anc, sizeof(anc), (void *)cgrp +
+					      bpf_core_field_offset(struct cgroup___ids, ancestor_ids) +
+					      filter_cgroup_level * sizeof(anc));
+		}
+		if (anc == filter_cgroup_id)
+			flags |= SI_CGROUP_MATCH;
+	}
+	o->flags = flags;
 }
 
 /* ---- 1. socket state changes ------------------------------------------------------ */
@@ -850,12 +993,16 @@ int BPF_PROG(on_state, struct sock *sk, int oldstate, int newstate)
 		return 0;
 	}
 
-	if (newstate != TCP_CLOSE)
-		return 0;
 	si = bpf_map_lookup_elem(&socks, &skp);
 	if (!si || (si->state_flags & SI_CLOSED))
 		return 0;
+	/* close() and shutdown() by the socket's last holder, under its lock */
+	adopt_if_locked(skp, si);
+	if (newstate != TCP_CLOSE)
+		return 0;
 	si->state_flags |= SI_CLOSED;
+	if (si->state_flags & SI_PASSIVE)
+		bpf_map_delete_elem(&halfopen, &si->tuple);
 	if (si->state_flags & SI_TUPLE_SET) {
 		/*
 		 * An active close hands the connection to a TIME_WAIT mini-socket:
@@ -947,15 +1094,111 @@ int on_accept(struct sys_exit_ctx *ctx)
 	return accepted(ctx->ret);
 }
 
-/* ---- 3. every packet sent ------------------------------------------------------------ */
+/* ---- 3. a descriptor let go of: close(), exit ----------------------------------------- */
+struct sys_enter_ctx {
+	__u64 common;		/* struct trace_entry */
+	__s32 syscall_nr;
+	__s32 pad;
+	__u64 args[6];
+};
+
+/* Linux 6.3+ (below, the syscall-entry fallback program sees close() too). */
+SEC("tracepoint/syscalls/sys_enter_close")
+int on_close(struct sys_enter_ctx *ctx)
+{
+	closing_fd((__s64)ctx->args[0]);
+	return 0;
+}
+
+/* Descriptors looked at when a process exits holding more; its later sockets keep their owner. */
+#define MAX_EXIT_FDS	1024
+
+/*
+ * A global function: verified once on its own, so the loop below does not
+ * multiply its branches (the verifier's limit on pending branch states).
+ */
+__noinline int exit_fd(__u64 file, __u32 tgid)
+{
+	__u64 skp = file_to_tcp_sk((struct file *)file);
+
+	if (skp)
+		owner_leaves(skp, (struct file *)file, tgid);
+	return 0;
+}
+
+/*
+ * A process exits (its descriptors are closed after this tracepoint): the
+ * sockets it owned and that others still hold lose their owner, as on close.
+ * Only for the last task sharing the fd table.
+ */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(on_exit, struct task_struct *p)
+{
+	struct files_struct *files = BPF_CORE_READ(p, files);
+	struct fdtable *fdt;
+	struct file **fds;
+	__u32 tgid, max;
+
+	if (!files || BPF_CORE_READ(files, count.counter) != 1)
+		return 0;
+	tgid = BPF_CORE_READ(p, tgid);
+	fdt = BPF_CORE_READ(files, fdt);
+	max = BPF_CORE_READ(fdt, max_fds);
+	fds = BPF_CORE_READ(fdt, fd);
+	for (__u32 i = 0; i < MAX_EXIT_FDS; i++) {
+		struct file *f = 0;
+
+		if (i >= max)
+			break;
+		bpf_probe_read_kernel(&f, sizeof(f), &fds[i]);
+		if (f)
+			exit_fd((__u64)f, tgid);
+	}
+	return 0;
+}
+
+/* ---- 4. every packet sent ------------------------------------------------------------ */
+/*
+ * A segment queued for a device, in the context that sends it: the place to
+ * learn the sender (see adopt_if_locked).  The segment itself is reported at
+ * net_dev_start_xmit, where the device really sends it.
+ */
 SEC("tp_btf/net_dev_queue")
-int BPF_PROG(on_tx, struct sk_buff *skb)
+int BPF_PROG(on_queue, struct sk_buff *skb)
+{
+	__u64 skp = (__u64)skb->sk;
+	struct sock_info *si;
+
+	if (!skp)
+		return 0;
+	si = bpf_map_lookup_elem(&socks, &skp);
+	if (si && !(si->state_flags & SI_CLOSED))
+		adopt_if_locked(skp, si);
+	return 0;
+}
+
+/* A full TCP socket that can send (not a request, TIME_WAIT or control socket). */
+static __always_inline int live_tcp_sock(__u64 skp)
+{
+	struct sock *sk = (struct sock *)skp;
+	__u8 state;
+
+	if (!skp || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	state = sk_state(skp);
+	return state != TCP_CLOSE && state != TCP_LISTEN && state != TCP_NEW_SYN_RECV &&
+	       state != TCP_TIME_WAIT;
+}
+
+SEC("tp_btf/net_dev_start_xmit")
+int BPF_PROG(on_tx, struct sk_buff *skb, struct net_device *dev)
 {
 	const unsigned char *head = skb->head;
 	const unsigned char *nh = head + skb->network_header;
 	const unsigned char *data = skb->data;
 	__u64 skp = (__u64)skb->sk;
 	struct sock_info *si;
+	struct sock_info fresh;
 	struct pkt p;
 	__u32 fresh_bytes;
 	__u8 type, attr = 0;
@@ -965,7 +1208,7 @@ int BPF_PROG(on_tx, struct sk_buff *skb)
 	__builtin_memset(&p, 0, sizeof(p));
 	if (parse_ip_tcp(nh, skb->len - (__u32)(nh - data), skb->protocol, &p))
 		return 0;
-	p.t.netns = skb->dev->nd_net.net->ns.inum;
+	p.t.netns = dev->nd_net.net->ns.inum;
 	read_gso(skb, head, &p);
 
 	si = skp ? bpf_map_lookup_elem(&socks, &skp) : 0;
@@ -981,16 +1224,33 @@ int BPF_PROG(on_tx, struct sk_buff *skb)
 				emit(0, 0, &p, EV_RESET_CLOSED_PORT, DIR_SENT, 0);
 			return 0;
 		}
-		emit_time_wait(&p, DIR_SENT);
-		return 0;
+		if (emit_time_wait(&p, DIR_SENT))
+			return 0;
+		if ((p.flags & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK)) {
+			/* from a listener's request socket */
+			__u8 one = 1;
+
+			bpf_map_update_elem(&halfopen, &p.t, &one, BPF_ANY);
+			emit_handshake(0, 0, &p, DIR_SENT);
+			return 0;
+		}
+		if (!live_tcp_sock(skp)) {
+			count_unattributed();
+			return 0;
+		}
+		/* a connection we did not know (evicted, or missed at start): from now on */
+		init_entry(&fresh, skp, 0, 0, 0);
+		if (bpf_map_update_elem(&socks, &skp, &fresh, BPF_NOEXIST))
+			return 0;
+		si = bpf_map_lookup_elem(&socks, &skp);
+		if (!si)
+			return 0;
 	}
 
-	if (si->state_flags & SI_CLOSED) {
-		/* after TCP_CLOSE: the RST of an abortive close */
-		if (!(p.flags & TH_RST))
-			return 0;
-	} else {
-		adopt_if_sender(skp, si);
+	if ((si->state_flags & SI_CLOSED) && !(p.flags & TH_RST)) {
+		/* after TCP_CLOSE only the RST of an abortive close is the connection's */
+		count_unattributed();
+		return 0;
 	}
 
 	if (!(si->state_flags & SI_CLOSED) && !(si->tx_flags & SI_TUPLE_WIRE)) {
@@ -1028,7 +1288,7 @@ int BPF_PROG(on_tx, struct sk_buff *skb)
 	else if ((p.flags & (TH_SYN | TH_ACK)) == TH_SYN)
 		type = EV_CONNECT;
 	else if ((p.flags & TH_SYN) && (si->state_flags & SI_PASSIVE))
-		return 0;	/* a Fast Open SYN-ACK: EV_ACCEPT's lines stand for it */
+		type = EV_HANDSHAKE;	/* a Fast Open child's SYN-ACK: an accept line */
 	else if (no_data)
 		return 0;
 	else
@@ -1038,7 +1298,7 @@ int BPF_PROG(on_tx, struct sk_buff *skb)
 	return 0;
 }
 
-/* ---- 4. every packet received ---------------------------------------------------------- */
+/* ---- 5. every packet received ---------------------------------------------------------- */
 SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(on_rx, struct sk_buff *skb)
 {
@@ -1069,15 +1329,27 @@ int BPF_PROG(on_rx, struct sk_buff *skb)
 			si = 0;
 		}
 	}
+	read_gso(skb, skb->head, &p);
 	if (!si) {
-		read_gso(skb, skb->head, &p);
-		emit_time_wait(&p, DIR_RECEIVED);
+		if (emit_time_wait(&p, DIR_RECEIVED))
+			return 0;
+		/*
+		 * A SYN, or what completes a handshake whose SYN-ACK a request
+		 * socket sent (the child socket is created while TCP processes it,
+		 * after this tracepoint; data can even overtake the ACK from another
+		 * CPU).
+		 */
+		if ((p.flags & (TH_SYN | TH_ACK)) == TH_SYN || bpf_map_lookup_elem(&halfopen, &p.t))
+			emit_handshake(0, 0, &p, DIR_RECEIVED);
+		else
+			count_unattributed();
 		return 0;
 	}
 	/* after TCP_CLOSE (until the socket is destroyed) nothing is the connection's */
-	if (si->state_flags & SI_CLOSED)
+	if (si->state_flags & SI_CLOSED) {
+		count_unattributed();
 		return 0;
-	read_gso(skb, skb->head, &p);
+	}
 
 	if ((si->state_flags & SI_PASSIVE) && !(si->rx_flags & SI_RX_SEQ_INIT))
 		seed_rx(skp, si);
@@ -1088,6 +1360,8 @@ int BPF_PROG(on_rx, struct sk_buff *skb)
 
 	if (p.flags & TH_RST)
 		type = EV_RESET;
+	else if ((si->state_flags & (SI_PASSIVE | SI_ESTABLISHED)) == SI_PASSIVE)
+		type = EV_HANDSHAKE;	/* the ACK that completes a Fast Open child's handshake */
 	else if (no_data)
 		return 0;
 	else
@@ -1098,7 +1372,7 @@ int BPF_PROG(on_rx, struct sk_buff *skb)
 }
 
 /*
- * ---- 5. send/recv on a socket (6.3+): who uses it now -----------------------------------
+ * ---- 6. send/recv on a socket (6.3+): who uses it now -----------------------------------
  * raw_tracepoint, not tp_btf: a tp_btf program's target must exist in the
  * kernel's BTF when the object is relocated (the loader relocates every
  * program), and these tracepoints are missing before 6.3, where the object
@@ -1133,7 +1407,7 @@ int BPF_PROG(on_recv_len, struct sock *sk)
 }
 
 /*
- * ---- 6. the same from syscalls, for kernels without sock_*_length (< 6.3) ---------------
+ * ---- 7. the same from syscalls, for kernels without sock_*_length (< 6.3) ---------------
  * One program on every syscall entry.  args: (struct pt_regs *regs, long id);
  * the fd is the first argument, regs->di on x86_64.
  */
@@ -1146,6 +1420,7 @@ int BPF_PROG(fb_sys_enter, struct pt_regs *regs, long id)
 	switch (id) {
 	case NR_write: case NR_writev: case NR_sendto: case NR_sendmsg:
 	case NR_read: case NR_readv: case NR_recvfrom: case NR_recvmsg:
+	case NR_close:
 		break;
 	default:
 		return 0;
@@ -1153,10 +1428,71 @@ int BPF_PROG(fb_sys_enter, struct pt_regs *regs, long id)
 	if (in_compat_syscall())
 		return 0;
 	fd = (__s64)((struct pt_regs___x86 *)regs)->di;
+	if (id == NR_close) {
+		closing_fd(fd);
+		return 0;
+	}
 	if (fd < 0 || fd > 0x7fffffff)
 		return 0;
 	skp = fd_to_tcp_sk((__u32)fd);
 	if (skp)
 		refresh_owner(skp, 0);
+	return 0;
+}
+
+/*
+ * ---- 8. what exists at start: BPF iterators, run once before the first record is read ------
+ * task_file visits every process's descriptors: each TCP socket held by a
+ * process is registered with that process as its owner (the first one seen,
+ * if several hold it) and its tuple, so its first segment is named.  tcp
+ * visits the sockets of pytracer's network namespace: those no process holds
+ * (orphans, connections waiting to be accepted) are registered with an
+ * unknown owner.  Entries the live programs made meanwhile are kept.
+ */
+static __always_inline void seed(__u64 skp, struct task_struct *task)
+{
+	struct sock_info fresh;
+	struct sock_info *si;
+	__u8 state = sk_state(skp);
+
+	if (state == TCP_CLOSE || state == TCP_LISTEN || state == TCP_NEW_SYN_RECV ||
+	    state == TCP_TIME_WAIT || state == TCP_SYN_RECV)
+		return;
+	if (bpf_map_lookup_elem(&socks, &skp))
+		return;
+	init_entry(&fresh, skp, 0, 1, 0);
+	if (task)
+		task_owner(task, &fresh.o);
+	else if (state == TCP_ESTABLISHED && !BPF_CORE_READ((struct sock *)skp, sk_socket))
+		fresh.state_flags |= SI_PASSIVE | SI_ESTABLISHED;	/* not accepted yet */
+	if (bpf_map_update_elem(&socks, &skp, &fresh, BPF_NOEXIST))
+		return;
+	si = bpf_map_lookup_elem(&socks, &skp);
+	if (si && (si->state_flags & SI_TUPLE_SET))
+		insert_tuple(si, skp);
+}
+
+SEC("iter/task_file")
+int seed_owners(struct bpf_iter__task_file *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	__u64 skp;
+
+	if (!task || !file)
+		return 0;
+	skp = file_to_tcp_sk(file);
+	if (skp)
+		seed(skp, task);
+	return 0;
+}
+
+SEC("iter/tcp")
+int seed_sockets(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+
+	if (skc)
+		seed((__u64)skc, 0);
 	return 0;
 }

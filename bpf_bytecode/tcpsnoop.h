@@ -32,13 +32,17 @@ enum ev_type {
 	EV_RESET = 5,		/* a RST sent or received on a tracked socket */
 	EV_CLOSE = 6,		/* a tracked socket reached TCP_CLOSE */
 	EV_RESET_CLOSED_PORT = 7, /* we answered a SYN to a closed port with RST+ACK */
+	EV_HANDSHAKE = 8,	/* a packet of a passive handshake (SYN, SYN-ACK, the ACK that
+				   completes it) before any socket owner exists */
+	EV_OWNER = 9,		/* a socket whose owner was unknown has one now (no packet) */
 };
 
 /* attr bits */
-#define ATTR_OWNER_UNKNOWN	0x01	/* passive socket not yet accepted: owner fields are empty */
+#define ATTR_OWNER_UNKNOWN	0x01	/* no process is known to hold the socket now (not yet
+					   accepted, or its owner let go of it): owner fields are empty */
 #define ATTR_RETRANS		0x02	/* segment carried payload but none of it was new */
-#define ATTR_DISCARD		0x04	/* EV_ACCEPT only: the owner fails the filters; drop
-					   held-back OWNER_UNKNOWN records of this sk, print nothing */
+#define ATTR_DISCARD		0x04	/* EV_ACCEPT/EV_OWNER: the owner fails the filters; drop
+					   held-back OWNER_UNKNOWN records of this connection */
 
 /* dir */
 #define DIR_SENT	0		/* "->" */
@@ -50,7 +54,7 @@ struct tcpsnoop_event {
 	__u64 rx_bytes;		/* new payload bytes received so far */
 	__u64 start_ns;		/* when the connection started; 0 = before the tracer */
 	__u64 cgroup_id;	/* owner's cgroup v2 id */
-	__u32 size;		/* Ethernet-wire size: IP packet + 14 (whole GSO/GRO super-packet) */
+	__u32 size;		/* Ethernet-wire size: IP packet + 14, as a tap on the device sees it */
 	__u32 payload;		/* TCP payload bytes in this skb */
 	__u8 type;		/* enum ev_type */
 	__u8 dir;		/* 0 = sent (->), 1 = received (<-) */

@@ -90,6 +90,7 @@ class AttachType(enum.IntEnum):
     NONE = 0
     TRACE_RAW_TP = 23
     TRACE_FENTRY = 24
+    TRACE_ITER = 28
     PERF_EVENT = 41
 
 

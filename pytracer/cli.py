@@ -17,7 +17,9 @@ DIRS = {"out": "->", "in": "<-"}
 LOSS_TEXT = {
     "ringbuf": "{n} found the ring buffer full: try --ringbuf-mb or filters",
     "skipped": "{n} tracepoint runs skipped by the kernel while another BPF program ran on that CPU",
-    "pending": "{n} held for unaccepted connections beyond the buffer's bound",
+    "pending": "{n} held for connections whose owner was not known yet (not accepted, or handed off), "
+               "beyond the buffer's bound or when pytracer stopped",
+    "unattributed": "{n} segments of no socket pytracer knows (evicted from its tables, or never seen)",
     "malformed": "{n} records of an unexpected size: the BPF object does not match this pytracer",
 }
 

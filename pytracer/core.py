@@ -125,6 +125,8 @@ def apply_core_relocations(spec: ObjectSpec, local: BTF, target: BTF) -> List[st
             new_insns[key] = bytes(insns)
         if prog.attach_kind == "tp_btf":
             attach_ids[key] = _tp_btf_id(target, prog)
+        elif prog.attach_kind == "iter":
+            attach_ids[key] = _iter_btf_id(target, prog)
     for key, prog in spec.programs.items():
         if key in new_insns:
             prog.insns = new_insns[key]
@@ -142,6 +144,8 @@ def _prefetch_target_names(spec: ObjectSpec, local: BTF, target: BTF) -> None:
     for prog in spec.programs.values():
         if prog.attach_kind == "tp_btf":
             names.add("btf_trace_" + prog.attach_target)
+        elif prog.attach_kind == "iter":
+            names.add("bpf_iter_" + prog.attach_target)
         for relo in prog.core_relocs:
             if relo.kind != K.TYPE_ID_LOCAL:
                 try:
@@ -149,6 +153,19 @@ def _prefetch_target_names(spec: ObjectSpec, local: BTF, target: BTF) -> None:
                 except BTFError:
                     pass
     target.prefetch_names(names)
+
+
+def _iter_btf_id(target: BTF, prog) -> int:
+    name = "bpf_iter_" + prog.attach_target
+    try:
+        ids = target.find_by_name(name, BTFKind.FUNC)
+    except BTFError as e:
+        raise CORERelocationError(f"program '{prog.name}': looking up {name}: {e}") from None
+    if not ids:
+        raise KernelFeatureError(f"this kernel has no BPF iterator '{prog.attach_target}' ({name} is not in "
+                                 f"its BTF), which program {prog.name} needs (iterators: Linux 5.8+, "
+                                 f"iter/tcp 5.9+)")
+    return ids[0]
 
 
 def _tp_btf_id(target: BTF, prog) -> int:

@@ -43,6 +43,7 @@ SECTION_TYPES = (
     ("tp_btf/", abi.ProgType.TRACING, abi.AttachType.TRACE_RAW_TP, "tp_btf"),
     ("raw_tracepoint/", abi.ProgType.RAW_TRACEPOINT, 0, "raw_tracepoint"),
     ("raw_tp/", abi.ProgType.RAW_TRACEPOINT, 0, "raw_tracepoint"),
+    ("iter/", abi.ProgType.TRACING, abi.AttachType.TRACE_ITER, "iter"),
 )
 SUPPORTED_SECTIONS = ", ".join(p + "..." for p, *_ in SECTION_TYPES)
 

@@ -13,10 +13,11 @@ Field = namedtuple("Field", "name offset size code")
 Layout = namedtuple("Layout", "struct names fields")
 
 # Event types and attributes: must match bpf_bytecode/tcpsnoop.h (a test checks them against BTF enums).
-EV_CONNECT, EV_ACCEPT, EV_SEND, EV_RECV, EV_RESET, EV_CLOSE, EV_RESET_CLOSED_PORT = range(1, 8)
-ATTR_OWNER_UNKNOWN = 1   # passive socket not accepted yet: owner fields are empty
+(EV_CONNECT, EV_ACCEPT, EV_SEND, EV_RECV, EV_RESET, EV_CLOSE, EV_RESET_CLOSED_PORT, EV_HANDSHAKE,
+ EV_OWNER) = range(1, 10)
+ATTR_OWNER_UNKNOWN = 1   # no process is known to hold the socket now: owner fields are empty
 ATTR_RETRANS = 2         # the segment's payload had all been sent before
-ATTR_DISCARD = 4         # EV_ACCEPT whose owner fails the filters: drop what was held for it
+ATTR_DISCARD = 4         # EV_ACCEPT/EV_OWNER whose owner fails the filters: drop what was held for it
 DIR_OUT, DIR_IN = 0, 1
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 1, 2, 4, 8, 16
 

@@ -44,7 +44,7 @@ def prepare(path, use_cache=True):
     spec = elf.read_object(data, path)
     failures = []
     if spec.programs and (any(p.core_relocs for p in spec.programs.values())
-                          or any(p.attach_kind == "tp_btf" for p in spec.programs.values())):
+                          or any(p.attach_kind in ("tp_btf", "iter") for p in spec.programs.values())):
         if not os.path.exists(VMLINUX_BTF):
             raise KernelFeatureError(
                 f"this kernel exposes no BTF ({VMLINUX_BTF} is missing; it needs CONFIG_DEBUG_INFO_BTF=y, "
@@ -140,11 +140,17 @@ class BPFObject:
     def attach(self, names=None):
         """Attach the named programs (default: every loaded one). Returns the new links."""
         new = []
-        for name in (names if names is not None else list(self.programs)):
+        if names is None:
+            names = [n for n, p in self.programs.items() if p.spec.attach_kind != "iter"]
+        for name in names:
             link = attach_mod.attach(self.programs[name])
             self.links.append(link)
             new.append(link)
         return new
+
+    def run_iterator(self, name):
+        """Run iterator program `name` once over what it visits; returns what it wrote (bytes)."""
+        return attach_mod.run_iterator(self.programs[name])
 
     def ring_buffer(self, map_name):
         m = self.maps[map_name]

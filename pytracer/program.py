@@ -97,7 +97,7 @@ def load(prog, maps, btf_fd, license_, source_btf=None, core_failures=()):
     err, _ = failure
     if err.errno in (errno.EPERM,):
         raise privilege_error(f"loading BPF program {prog.name}", err.errno)
-    if err.errno not in (errno.EINVAL, errno.EACCES, errno.E2BIG, errno.ENOSPC):
+    if err.errno not in (errno.EINVAL, errno.EACCES, errno.E2BIG, errno.ENOSPC, errno.EFAULT):
         raise_from_oserror(f"loading BPF program {prog.name}", err)
     # Rejected: load again with a verifier log, growing the buffer until the whole log fits.
     size = LOG_START

@@ -36,11 +36,10 @@ LINE_FIELDS = ("ts", "event", "dir", "pid", "uid", "comm", "family", "laddr", "l
                "size", "payload", "netns", "tx_bytes", "rx_bytes", "duration_ms")
 CONN_FIELDS = ("pid", "uid", "comm", "family", "laddr", "lport", "raddr", "rport", "netns")
 MAX_CONNS = 16384
+SEED_ITERATORS = ("seed_owners", "seed_sockets")
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 EVENT_NAMES = {ev_mod.EV_CONNECT: "connect", ev_mod.EV_ACCEPT: "accept", ev_mod.EV_SEND: "send",
                ev_mod.EV_RECV: "recv", ev_mod.EV_RESET: "reset", ev_mod.EV_CLOSE: "close"}
-# tcpsnoop printed handshake packets with a fixed size: IP header + 20-byte TCP header + 14 (Ethernet)
-HANDSHAKE_SIZE = {4: 54, 6: 74}
 
 
 def have_sock_length_tracepoints():
@@ -56,8 +55,8 @@ def wanted_program(prog, have_sock_len):
     them when the kernel's BTF lacks their tracepoint."""
     kind, target = prog.attach_kind, prog.attach_target
     name = target.rsplit("/", 1)[-1]
-    if name in ("sock_send_length", "sock_recv_length"):
-        return have_sock_len
+    if name in ("sock_send_length", "sock_recv_length", "sys_enter_close"):
+        return have_sock_len    # below 6.3 the syscall-entry program sees close() too
     if kind == "tp_btf" and target == "sys_enter":
         return not have_sock_len
     if kind == "tracepoint" and not tracepoint_exists(target):
@@ -69,11 +68,13 @@ def wanted_program(prog, have_sock_len):
 class Conn:
     """A socket as seen with one owner: the columns that stay the same on all its lines."""
 
-    __slots__ = CONN_FIELDS + ("sk",)
+    __slots__ = CONN_FIELDS + ("sk", "key")
 
     def __init__(self, sk, pid, uid, comm, family, laddr, lport, raddr, rport, netns):
         self.sk, self.pid, self.uid, self.comm, self.family = sk, pid, uid, comm, family
         self.laddr, self.lport, self.raddr, self.rport, self.netns = laddr, lport, raddr, rport, netns
+        # the connection, whoever owns it: what lines held for an unknown owner are kept under
+        self.key = (netns, laddr, lport, raddr, rport)
 
     def with_owner(self, other):
         return Conn(self.sk, other.pid, other.uid, other.comm, self.family, self.laddr, self.lport, self.raddr,
@@ -233,7 +234,7 @@ class TcpSnoop:
         self.skipped = 0            # program runs the kernel skipped (recursion protection)
         self._reported = {}
         self.last_losses = {}
-        self._pending = OrderedDict()   # sk -> [lines whose owner is not known yet]
+        self._pending = OrderedDict()   # Conn.key -> [records whose owner is not known yet]
         self._conns = {}            # identity bytes (see tcpsnoop.h) -> Conn
         self.fallbacks = []         # human-readable notes about kernel features we worked around
         self.started = False
@@ -253,9 +254,14 @@ class TcpSnoop:
                              programs=lambda p: wanted_program(p, have_sock_len), use_cache=self.use_cache)
         try:
             self.obj.attach()
+            # Sockets that exist already, registered after the live programs are attached so that none
+            # falls between the two: processes' descriptors first (owners), then the rest.
+            for name in SEED_ITERATORS:
+                self.obj.run_iterator(name)
             self.rb = self.obj.ring_buffer("events")
             self._record, self._identity = ev_mod.split(ev_mod.get_layout("tcpsnoop_event"), "sk")
             self._lost_map = self.obj.maps["lost"]
+            self._unattributed_map = self.obj.maps["unattributed"]
             self._epoch = time.time() - time.monotonic()
         except BaseException:
             self.close()
@@ -294,6 +300,7 @@ class TcpSnoop:
                 break
             left -= len(records)
             self.convert(records, out)
+        self.abandon_pending()
         return out
 
     def new_losses(self):
@@ -306,7 +313,7 @@ class TcpSnoop:
         self.lost_kernel = self._lost_map.sum_percpu_u64()
         self.skipped = sum(p.recursion_misses() for p in self.obj.programs.values())
         totals = {"ringbuf": self.lost_kernel, "skipped": self.skipped, "pending": self.lost_pending,
-                  "malformed": self.rb.malformed}
+                  "malformed": self.rb.malformed, "unattributed": self._unattributed_map.sum_percpu_u64()}
         self.last_losses = {k: v - self._reported.get(k, 0) for k, v in totals.items()
                             if v - self._reported.get(k, 0)}
         self._reported = totals
@@ -349,84 +356,108 @@ class TcpSnoop:
         epoch = self._epoch
         pending = self._pending
         conns = self._conns
-        send, recv = ev_mod.EV_SEND, ev_mod.EV_RECV
+        send, recv, connect, reset = ev_mod.EV_SEND, ev_mod.EV_RECV, ev_mod.EV_CONNECT, ev_mod.EV_RESET
+        unknown = ev_mod.ATTR_OWNER_UNKNOWN
 
-        def held_here(conn):
-            # Held lines are keyed by socket address, which a new socket may reuse while records of the old
-            # connection still come (TIME_WAIT): only a record of the same connection may resolve them.
-            held = pending.get(conn.sk)
-            if not held:
-                return False
-            h = held[0][3]
-            return (h.lport, h.rport, h.laddr, h.raddr, h.netns) == (conn.lport, conn.rport, conn.laddr,
-                                                                     conn.raddr, conn.netns)
-
-        for (ts_ns, tx, rx, start_ns, _cg, size, payload, etype, direction, _flags, attr, _segs, _segsize,
+        for (ts_ns, tx, rx, start_ns, _cg, size, payload, etype, direction, flags, attr, _segs, _segsize,
              ident) in records:
             conn = conns.get(ident)
             if conn is None:
                 conn = self._conn(ident)
             ts = epoch + ts_ns / 1e9
-            if etype == send or etype == recv or etype == ev_mod.EV_CONNECT or etype == ev_mod.EV_RESET:
-                if etype == ev_mod.EV_CONNECT:
-                    size = HANDSHAKE_SIZE[conn.family]   # as tcpsnoop printed the SYN
-                line = (ts, EVENT_NAMES[etype], "in" if direction else "out", conn, size, payload, None)
-                if attr & ev_mod.ATTR_OWNER_UNKNOWN:
-                    self._hold(conn.sk, line)
+            if etype == send or etype == recv or etype == connect or etype == reset:
+                if attr & unknown:
+                    self._hold(conn.key, (ts, etype, direction, conn, size, payload, flags))
                     continue
-                if pending and conn.sk in pending and held_here(conn):
-                    self._flush(conn, out)
-                out.append(line)
-            elif etype == ev_mod.EV_ACCEPT:
+                if pending and conn.key in pending:
+                    self._flush(conn.key, conn, out)
+                out.append((ts, EVENT_NAMES[etype], "in" if direction else "out", conn, size, payload, None))
+            elif etype == ev_mod.EV_HANDSHAKE:
+                self._hold(conn.key, (ts, etype, direction, conn, size, payload, flags))
+            elif etype == ev_mod.EV_ACCEPT or etype == ev_mod.EV_OWNER:
                 if attr & ev_mod.ATTR_DISCARD:
-                    pending.pop(conn.sk, None)
+                    pending.pop(conn.key, None)
                     continue
-                hs = HANDSHAKE_SIZE[conn.family]
-                t0 = epoch + start_ns / 1e9 if start_ns else ts
-                # the SYN line carries the data of a TCP Fast Open SYN (`payload`), like the client's connect line
-                out.append((t0, "accept", "in", conn, hs, payload, None))
-                out.append((t0, "accept", "out", conn, hs, 0, None))
-                out.append((t0, "accept", "in", conn, hs, 0, None))
-                if pending and conn.sk in pending and not held_here(conn):
-                    self.lost_pending += len(pending.pop(conn.sk))   # an older connection's, never resolved
-                self._flush(conn, out)
+                held = self._flush(conn.key, conn, out)
+                if etype == ev_mod.EV_ACCEPT and not held & _HELD_HANDSHAKE:
+                    # the handshake happened before pytracer started: one line stands for it
+                    out.append((epoch + start_ns / 1e9 if start_ns else ts, "accept", "in", conn, 0, 0, None))
             elif etype == ev_mod.EV_CLOSE:
-                if attr & ev_mod.ATTR_OWNER_UNKNOWN:
-                    held = pending.pop(conn.sk, None)
-                    if self.filters.by_owner:
-                        continue  # never accepted, so its owner cannot be matched against the filter
-                    if held:
-                        out.extend(held)
-                elif pending and conn.sk in pending and held_here(conn):
-                    # records that read the owner just before their EV_ACCEPT published it (see adopt())
-                    self._flush(conn, out)
+                if attr & unknown:
+                    held = pending.pop(conn.key, None)
+                    if held and not self.filters.by_owner:   # never owned: cannot pass an owner filter
+                        self._lines(held, None, out)
+                elif pending and conn.key in pending:
+                    self._flush(conn.key, conn, out)
                 dur = (ts_ns - start_ns) / 1e6 if start_ns else None
                 out.append((ts, "close", "out", conn, 0, 0, (tx, rx, dur)))
             elif etype == ev_mod.EV_RESET_CLOSED_PORT:
-                hs = HANDSHAKE_SIZE[conn.family]
-                out.append((ts, "recv", "in", conn, hs, 0, None))
-                out.append((ts, "reset", "out", conn, hs, 0, None))
+                held = pending.pop(conn.key, None)
+                if held:   # the SYN(s) this RST answers
+                    self._lines(held, None, out)
+                out.append((ts, "reset", "out", conn, size, payload, None))
 
-    def _hold(self, sk, line):
-        held = self._pending.get(sk)
+    def _hold(self, key, item):
+        held = self._pending.get(key)
         if held is None:
             if len(self._pending) >= PENDING_MAX_SOCKETS:
                 _, dropped = self._pending.popitem(last=False)
-                self.lost_pending += len(dropped)
-            held = self._pending[sk] = []
+                self.lost_pending += _segments(dropped)
+            held = self._pending[key] = []
         if len(held) >= PENDING_MAX_PER_SOCKET:
-            self.lost_pending += 1
+            if item[1] != ev_mod.EV_HANDSHAKE:
+                self.lost_pending += 1
             return
-        held.append(line)
+        held.append(item)
 
-    def _flush(self, owner, out):
-        # The record that names the owner passed the kernel's owner filter, so the held lines may show.
-        held = self._pending.pop(owner.sk, None)
+    def _flush(self, key, owner, out):
+        """Print what was held for connection `key` under `owner` (the record that names it passed the
+        kernel's owner filter). Returns _HELD_* bits saying what was held."""
+        held = self._pending.pop(key, None)
         if not held:
-            return
+            return 0
+        return self._lines(held, owner, out)
+
+    @staticmethod
+    def _lines(held, owner, out):
+        what = 0
         relabelled = {}
-        for ts, event, d, conn, size, payload, close in held:
-            c = relabelled.get(conn)
-            if c is None:
-                c = relabelled[conn] = conn.with_owner(owner)
-            out.append((ts, event, d, c, size, payload, close))
+        acked = False
+        for ts, etype, direction, conn, size, payload, flags in held:
+            if owner is not None:
+                c = relabelled.get(conn)
+                if c is None:
+                    c = relabelled[conn] = conn.with_owner(owner)
+            else:
+                c = conn
+            if etype == ev_mod.EV_HANDSHAKE:
+                what |= _HELD_HANDSHAKE
+                # the SYN, the SYN-ACK, and the first packet that completes the handshake (the ACK, or
+                # data that overtook it) are the accept lines; anything after them is data
+                if flags & ev_mod.TCP_SYN or (direction and not acked and not flags & ev_mod.TCP_RST):
+                    acked = acked or not flags & ev_mod.TCP_SYN
+                    name = "accept" if owner is not None else "recv" if direction else "send"
+                elif flags & ev_mod.TCP_RST:
+                    name = "reset"
+                else:
+                    name = "recv" if direction else "send"
+            else:
+                what |= _HELD_SEGMENT
+                name = EVENT_NAMES[etype]
+            out.append((ts, name, "in" if direction else "out", c, size, payload, None))
+        return what
+
+    def abandon_pending(self):
+        """Stopping: segments still held for an owner that never became known are lost ("pending")."""
+        for held in self._pending.values():
+            self.lost_pending += _segments(held)
+        self._pending.clear()
+
+
+_HELD_HANDSHAKE, _HELD_SEGMENT = 1, 2
+
+
+def _segments(held):
+    """Held records that were a tracked socket's segments (handshake packets of connections never accepted
+    belong to no process, and are not losses)."""
+    return sum(1 for item in held if item[1] != ev_mod.EV_HANDSHAKE)

@@ -13,6 +13,13 @@ OBJDIR = os.path.join(ROOT, "pytracer", "bpf")
 REQUIRE = os.environ.get("PYTRACER_REQUIRE_KERNEL") == "1"
 
 
+# Wire sizes (IP packet + 14) of a handshake's SYN, SYN-ACK and ACK with Linux's default TCP options (MSS,
+# SACK, timestamps, window scaling: 20 option bytes on SYNs, 12 on the ACK), and of a bare RST+ACK. The tracer
+# measures them; tests/test_capture_oracle.py holds them against tcpdump's capture.
+HANDSHAKE = {4: (74, 74, 66), 6: (94, 94, 86)}
+BARE_RST = {4: 54, 6: 74}
+
+
 def kernel_unavailable(reason):
     """Skip for lack of kernel support, or fail when the kernel is required."""
     if REQUIRE:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import traffic
-from conftest import ROOT, kernel_unavailable, pytracer_cmd, run_env, wait_attached, without_notes
+from conftest import HANDSHAKE, ROOT, kernel_unavailable, pytracer_cmd, run_env, wait_attached, without_notes
 
 HEADER = "  UID    PID LADDR           LPORT DR RADDR           RPORT  SIZE CMD"
 LINE = re.compile(r"^ {0,4}\d{1,5} {1,6}\d{1,6} (\S+) +(\d+) (->|<-|--) (\S+) +(\d+) +(\d+|-) (.*)$")
@@ -44,12 +44,12 @@ def test_classic_output(kernel, no_leaks):
     # the first line of the client is its SYN, in tcpsnoop's exact layout
     cpid = c.pids["tcli"]
     syn = "%5d %6d %-15s %5d %2s %-15s %5d %5d %s" % (0, cpid, "127.0.0.1", int(parsed[0].group(2)), "->",
-                                                     "127.0.0.1", s.port, 54, "tcli")
+                                                     "127.0.0.1", s.port, HANDSHAKE[4][0], "tcli")
     assert lines[0] == syn
     spid = s.pids["tsrv"]
     acc = [ln for ln in lines if f" {spid} " in ln][:3]
     assert [m.group(3) for m in map(LINE.match, acc)] == ["<-", "->", "<-"]
-    assert all(LINE.match(ln).group(6) == "54" for ln in acc)
+    assert [int(LINE.match(ln).group(6)) for ln in acc] == list(HANDSHAKE[4])
     closes = [LINE.match(ln) for ln in lines if " -- " in ln]
     assert len(closes) == 2 and all("close tx=" in m.group(7) for m in closes)
 

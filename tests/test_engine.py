@@ -281,7 +281,8 @@ def test_event_enum_matches_header(kernel):
     values = {}
     for tid in btf.find_by_name("ev_type"):
         values.update(dict(btf.type(tid).values))
-    for name in ("EV_CONNECT", "EV_ACCEPT", "EV_SEND", "EV_RECV", "EV_RESET", "EV_CLOSE", "EV_RESET_CLOSED_PORT"):
+    for name in ("EV_CONNECT", "EV_ACCEPT", "EV_SEND", "EV_RECV", "EV_RESET", "EV_CLOSE", "EV_RESET_CLOSED_PORT",
+                 "EV_HANDSHAKE", "EV_OWNER"):
         assert values[name] == getattr(events, name), name
 
 

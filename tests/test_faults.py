@@ -22,7 +22,7 @@ import time
 import pytest
 
 import traffic
-from conftest import check_or_known_fallback_issue, without_notes, ROOT, need_tool, pytracer_cmd, run_env
+from conftest import HANDSHAKE, check_or_known_fallback_issue, without_notes, ROOT, need_tool, pytracer_cmd, run_env
 
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import soak as kernel_view  # noqa: E402  (fdinfo ids, leftovers, wait_attached)
@@ -113,7 +113,7 @@ def check_connection(events, s, c, nsend=NSEND, nrecv=NRECV):
     mine = [e for e in events if e.get("event") != "lost" and port in (e["lport"], e["rport"])]
     cs = [e for e in mine if e["rport"] == port]
     ss = [e for e in mine if e["lport"] == port]
-    assert [(e["pid"], e["comm"], e["size"]) for e in cs if e["event"] == "connect"] == [(cpid, "tcli", 54)], cs[:4]
+    assert [(e["pid"], e["comm"], e["size"]) for e in cs if e["event"] == "connect"] == [(cpid, "tcli", HANDSHAKE[4][0])], cs[:4]
     assert [(e["dir"], e["pid"], e["comm"]) for e in ss if e["event"] == "accept"] == [
         ("in", spid, "tsrv"), ("out", spid, "tsrv"), ("in", spid, "tsrv")], ss[:4]
     for side, who in ((cs, (cpid, "tcli")), (ss, (spid, "tsrv"))):
@@ -432,8 +432,8 @@ def test_tracefs_not_mounted_is_mounted_by_pytracer(kernel, tmp_path):
     assert not TRACEBACK.search(err), err
     lines = [ln.split() for ln in out.splitlines()[1:]]
     ours = [ln for ln in lines if str(s.port) in ln]
-    assert any(ln[-1] == "tcli" and ln[4] == "->" and ln[-2] == "54" for ln in ours), out
-    assert sum(1 for ln in ours if ln[-1] == "tsrv" and ln[-2] == "54") >= 3, out
+    assert any(ln[-1] == "tcli" and ln[4] == "->" and ln[-2] == str(HANDSHAKE[4][0]) for ln in ours), out
+    assert [int(ln[-2]) for ln in ours if ln[-1] == "tsrv"][:3] == list(HANDSHAKE[4]), out
     assert "MOUNT:" in err, "expected pytracer to have mounted tracefs"
     assert_nothing_left({}, before, "a run that mounted tracefs")
 

@@ -27,10 +27,9 @@ import uuid
 
 import pytest
 
-from conftest import kernel_unavailable, pytracer_cmd, run_env
+from conftest import BARE_RST, HANDSHAKE, kernel_unavailable, pytracer_cmd, run_env
 from pytracer.tcpsnoop import Event, TcpSnoop
 
-HS = {4: 54, 6: 74}                       # handshake lines: bare IP + TCP header + 14
 HDRS = {4: 14 + 20 + 20, 6: 14 + 40 + 20}  # smallest wire size of a segment, before payload
 LOOPBACK = {4: "127.0.0.1", 6: "::1"}
 AF = {4: socket.AF_INET, 6: socket.AF_INET6}
@@ -345,19 +344,19 @@ def check_connection(cs, ss, family, client, acceptor, final_server, c_tx, c_rx,
     c_tx, c_rx: payload bytes the client sent and received, as the programs themselves report them.
     retransmitted: segments the namespace retransmitted meanwhile (a loaded host drops on loopback too, and a
     retransmitted segment is a line of its own): if any, the per-segment sums may exceed the totals."""
-    addr, hs = LOOPBACK[family], HS[family]
+    addr, (syn_size, synack_size, ack_size) = LOOPBACK[family], HANDSHAKE[family]
     netns = netns or os.stat("/proc/self/ns/net").st_ino
     for e in cs + ss:
         assert (e.family, e.laddr, e.raddr, e.netns) == (family, addr, addr, netns), e
     # client: one SYN line named after the process that called connect(), and every line its own
     (syn,) = of(cs, event="connect")
-    assert (syn.dir, syn.size) == ("out", hs), syn
+    assert (syn.dir, syn.size) == ("out", syn_size + syn.payload), syn     # TCP Fast Open: data in the SYN
     assert cs[0] is syn, f"the SYN is the client's first line: {cs[:3]}"
     assert set(map(owner, cs)) == {client}, stages(cs)
     # server: tcpsnoop's three accept lines, named after the process that accepted
     acc = of(ss, event="accept")
-    assert [(e.dir, e.size, owner(e)) for e in acc] == [("in", hs, acceptor), ("out", hs, acceptor),
-                                                        ("in", hs, acceptor)], acc
+    assert [(e.dir, e.size, owner(e)) for e in acc] == [("in", syn.size, acceptor), ("out", synack_size, acceptor),
+                                                        ("in", ack_size, acceptor)], acc
     # (rarely seen broken under load: adopt() in tcpsnoop.bpf.c publishes the owner before it reserves the
     # EV_ACCEPT record, so a segment on another CPU can be reported, named, before the accept lines)
     assert ss[:3] == acc, f"accept lines come first: {ss[:4]}"
@@ -610,13 +609,13 @@ def test_curl_connection_refused(kernel, no_leaks, family):
         _, err = p.communicate(timeout=20)
         events = t.finish(lambda evs: len(of(evs, pid=p.pid, event="reset")) >= 1 and len(of(evs, pid=0)) >= 2)
     assert p.returncode == 7, err               # CURLE_COULDNT_CONNECT
-    addr, hs = LOOPBACK[family], HS[family]
+    addr, hs = LOOPBACK[family], HANDSHAKE[family][0]
     (syn,) = of(events, event="connect")
     assert (syn.pid, syn.comm, syn.uid, syn.dir, syn.size, syn.family, syn.laddr, syn.raddr, syn.rport) == \
         (p.pid, "curl", 0, "out", hs, family, addr, addr, port)
     kernel_lines = [e for e in events if e.lport == port]
     assert [(e.dir, e.event, e.size, e.uid, e.pid, e.comm, e.rport, e.raddr) for e in kernel_lines] == \
-        [("in", "recv", hs, 0, 0, "", syn.lport, addr), ("out", "reset", hs, 0, 0, "", syn.lport, addr)]
+        [("in", "recv", hs, 0, 0, "", syn.lport, addr), ("out", "reset", BARE_RST[family], 0, 0, "", syn.lport, addr)]
     mine = [e for e in events if e.lport == syn.lport]
     assert [e.event for e in mine if e.event != "close"] == ["connect", "reset"], mine
     (rst,) = of(mine, event="reset")

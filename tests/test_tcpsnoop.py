@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 import traffic
-from conftest import check_or_known_fallback_issue, kernel_unavailable
+from conftest import BARE_RST, HANDSHAKE, check_or_known_fallback_issue, kernel_unavailable
 from pytracer.tcpsnoop import TcpSnoop
 
 NSEND, NRECV = 300_000, 7_000
@@ -30,15 +30,16 @@ def sides(events, s, c):
 
 def check_conversation(events, s, c, family, nsend=NSEND, nrecv=NRECV):
     cs, ss, spid, cpid = sides(events, s, c)
-    hs = 54 if family == 4 else 74
+    syn, synack, ack = HANDSHAKE[family]
     # outbound: one SYN line named after the process that called connect()
     conn = of(cs, event="connect")
     assert len(conn) == 1, cs[:5]
-    assert (conn[0].dir, conn[0].pid, conn[0].comm, conn[0].size, conn[0].family) == ("out", cpid, "tcli", hs, family)
-    # inbound: tcpsnoop's three handshake lines, named after the process that accepted
+    assert (conn[0].dir, conn[0].pid, conn[0].comm, conn[0].size, conn[0].family) == ("out", cpid, "tcli", syn, family)
+    # inbound: tcpsnoop's three handshake lines (the real SYN, SYN-ACK and ACK), named after the process
+    # that accepted
     acc = of(ss, event="accept")
-    assert [(e.dir, e.size, e.pid, e.comm) for e in acc] == [("in", hs, spid, "tsrv"), ("out", hs, spid, "tsrv"),
-                                                            ("in", hs, spid, "tsrv")]
+    assert [(e.dir, e.size, e.pid, e.comm) for e in acc] == [("in", syn, spid, "tsrv"), ("out", synack, spid, "tsrv"),
+                                                            ("in", ack, spid, "tsrv")]
     # every line of each socket names its owner, never whatever ran in softirq
     for side, who in ((cs, (cpid, "tcli", 0)), (ss, (spid, "tsrv", 0))):
         owners = {(e.pid, e.comm, e.uid) for e in side}
@@ -145,8 +146,8 @@ def test_closed_port_resets(snoop):
     c.p.wait(timeout=10)               # the client fails with ECONNREFUSED
     events = traffic.collect(snoop)
     pair = [e for e in events if e.pid == 0 and e.lport == port]
-    assert [(e.dir, e.event, e.size, e.uid, e.comm) for e in pair] == [("in", "recv", 54, 0, ""),
-                                                                       ("out", "reset", 54, 0, "")]
+    assert [(e.dir, e.event, e.size, e.uid, e.comm) for e in pair] == [("in", "recv", HANDSHAKE[4][0], 0, ""),
+                                                                       ("out", "reset", BARE_RST[4], 0, "")]
     mine = of(events, pid=c.pids["tcli"])
     assert [e.event for e in mine if e.event in ("connect", "reset")] == ["connect", "reset"]
     assert of(mine, event="reset")[0].dir == "in"
