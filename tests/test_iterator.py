@@ -234,6 +234,34 @@ def test_task_iterator_lists_this_process_and_its_thread(no_leaks, fixture_obj):
     assert len(rows) == len(lines) - 1      # every task once
 
 
+def _release():
+    return tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2])
+
+
+def test_link_info_limits_task_iterator_to_one_process(no_leaks, fixture_obj):
+    """iterator.task_link_info(pid=...) makes the kernel walk one process's tasks only (Linux 6.1+)."""
+    if _release() < (6, 1):
+        pytest.skip("task iterator link info needs Linux 6.1 (earlier kernels ignore it)")
+    started, stop = threading.Event(), threading.Event()
+    t = threading.Thread(target=lambda: (started.set(), stop.wait()))
+    t.start()
+    started.wait()
+    try:
+        with _open(fixture_obj, programs=["list_tasks"]) as obj:
+            mine = obj.run_iterator("list_tasks", iterator.task_link_info(pid=os.getpid())).decode()
+            one = obj.run_iterator("list_tasks", iterator.task_link_info(tid=t.native_id)).decode()
+    finally:
+        stop.set()
+        t.join()
+    pid = os.getpid()
+    rows = {tuple(map(int, ln.split()[:2])) for ln in mine.splitlines()[1:]}
+    assert rows == {(pid, int(tid)) for tid in os.listdir("/proc/self/task")} | {(pid, t.native_id)}
+    assert one.splitlines()[1:] and {tuple(map(int, ln.split()[:2])) for ln in one.splitlines()[1:]} == \
+        {(pid, t.native_id)}
+    with pytest.raises(PytracerError, match="not both"):
+        iterator.task_link_info(pid=1, tid=1)
+
+
 # --- lifetime: nothing left behind -----------------------------------------------------------------------------
 
 
