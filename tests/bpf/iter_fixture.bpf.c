@@ -6,7 +6,8 @@
  * iterators load, run and stay out of BPFObject.attach() next to ordinary programs:
  *   count_tasks   iter/task       only updates a map (its output is empty)
  *   list_tasks    iter/task       one text line per task (bpf_seq_printf)
- *   socket_fds    iter/task_file  one text line per socket fd of the process target_tgid
+ *   socket_fds    iter/task_file  one text line per socket fd of the process target_tgid (0: of every
+ *                                 process; bench/iterator.py times that)
  *   tcp_sockets   iter/tcp        one binary struct tcp_record per TCP socket (bpf_seq_write)
  *
  * Kernel types come from bpf_bytecode/kernel_types.h (CO-RE, preserve_access_index); the iterator
@@ -132,7 +133,7 @@ int socket_fds(struct bpf_iter__task_file *ctx)
 	struct socket *sock;
 	struct sock *sk;
 
-	if (!task || !file || task->tgid != target_tgid)
+	if (!task || !file || (target_tgid && task->tgid != target_tgid))
 		return 0;
 	if ((file->f_inode->i_mode & S_IFMT) != S_IFSOCK)
 		return 0;
