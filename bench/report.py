@@ -392,6 +392,33 @@ def render(res):
     out.append("\npytracer reports losses as a stderr line (classic) or `{\"event\": \"lost\"}` (JSON); libbpf-tools "
                "print \"lost N events on CPU #n\" (perf buffer); bpftrace prints \"Lost N events\".\n")
 
+    # 7. iterator pass
+    it = s.get("iterator")
+    if it is not None:
+        out.append("## 7. BPF iterator pass (iter/task_file)\n")
+        if section_error(it):
+            out.append(f"Failed: {section_error(it)}\n")
+        rows = []
+        for key, label in (("host", "host as it is"), ("sockets", f"+ {it.get('pairs')} connected TCP pairs")):
+            r = it.get(key)
+            if not r:
+                continue
+
+            def med(name):
+                return f((r.get(name) or {}).get("median_ms"), "{:.2f} ms")
+
+            rows.append([label, f(r.get("open_files"), "{}"), f(r.get("lines_all"), "{}"), med("all"),
+                         med("one_process"), med("one_process_link_info"), med("reread"), med("parse"),
+                         f"{med('tcp')} ({f(r.get('tcp_records'), '{}')} sockets)", med("tcp_parse")])
+        out.append(table(["scenario", "open files", "socket lines", "run_iterator, all processes",
+                          "one process (BPF filter)", "one process (link info, 6.1+)", "re-read on a kept link",
+                          "parse text lines", "iter/tcp (own netns)", "parse binary records"], rows))
+        out.append(f"\nMedians of {it.get('rounds')} passes, by `bench/iterator.py`: `BPFObject.run_iterator()` "
+                   "over tests/bpf/iter_fixture.bpf.c's `socket_fds` (one text line per socket fd; the whole "
+                   "file table of every process is walked, with link info only that process's) and "
+                   "`tcp_sockets` (one binary record per TCP socket of the reader's network namespace). The "
+                   "sockets are held by one helper process in a network namespace made for the run.\n")
+
     # peers
     out.append("## Peers that cannot run here\n")
     pe = s.get("peers") or {}

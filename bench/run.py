@@ -30,6 +30,7 @@ FULL = {
     "sweep_stream": ["sweep.py", "--pin", "--workload", "stream", "--seconds", "2",
                      "--rates", "20000,50000,100000,150000,200000,0"],
     "overhead": ["overhead.py", "--rounds", "3", "--seconds", "2"],
+    "iterator": ["iterator.py", "--rounds", "20", "--pairs", "5000"],
 }
 QUICK = {
     "peers": ["peers_status.py", "--seconds", "3", "--only", "tcpconnect,tcpstates-bpfcc"],
@@ -41,6 +42,7 @@ QUICK = {
                      "--tools", "pytracer"],
     "overhead": ["overhead.py", "--rounds", "1", "--seconds", "1", "--workloads", "conn",
                  "--tools", "pytracer --no-data,pytracer,tcplife"],
+    "iterator": ["iterator.py", "--rounds", "5", "--pairs", "5000"],
 }
 
 

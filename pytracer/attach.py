@@ -131,33 +131,6 @@ def attach_raw_tracepoint(program, target=None):
     return Link(f"{program.spec.attach_kind} {program.spec.attach_target}", [fd])
 
 
-def run_iterator(program):
-    """Create an iterator link for an iter/ program, read the iterator to its end, release both."""
-    try:
-        lfd = bpf(abi.Cmd.LINK_CREATE, struct.pack("<IIII", program.fd, 0, abi.AttachType.TRACE_ITER, 0))
-    except OSError as e:
-        raise_from_oserror(f"creating the iterator link of {program.name}", e)
-    try:
-        try:
-            ifd = bpf(abi.Cmd.ITER_CREATE, struct.pack("<II", lfd, 0))
-        except OSError as e:
-            raise_from_oserror(f"creating the iterator of {program.name}", e)
-        try:
-            chunks = []
-            while True:
-                try:
-                    b = os.read(ifd, 65536)
-                except InterruptedError:
-                    continue
-                if not b:
-                    return b"".join(chunks)
-                chunks.append(b)
-        finally:
-            os.close(ifd)
-    finally:
-        os.close(lfd)
-
-
 def attach(program):
     kind, target = program.spec.attach_kind, program.spec.attach_target
     if kind == "tracepoint":

@@ -104,10 +104,11 @@ class _Fail(Exception):
 def apply_core_relocations(spec: ObjectSpec, local: BTF, target: BTF) -> List[str]:
     """Apply every program's CO-RE relocations against `target` (normally vmlinux BTF).
 
-    Patches ProgramSpec.insns, empties core_relocs, sets attach_btf_id for tp_btf programs and marks
-    the spec relocated.  Returns one message per poisoned instruction (program, instruction, what is
-    missing), for the loader to show if the verifier trips over one.  Raises CORERelocationError for
-    relocations that are malformed or ambiguous, KernelFeatureError for a missing tp_btf target.  On
+    Patches ProgramSpec.insns, empties core_relocs, sets attach_btf_id for tp_btf and iter programs
+    and marks the spec relocated.  Returns one message per poisoned instruction (program,
+    instruction, what is missing), for the loader to show if the verifier trips over one.  Raises
+    CORERelocationError for relocations that are malformed or ambiguous, KernelFeatureError for a
+    missing tp_btf target (a missing iterator target leaves attach_btf_id 0, see _iter_btf_id).  On
     error, `spec` is left unchanged.
     """
     _prefetch_target_names(spec, local, target)
@@ -145,7 +146,7 @@ def _prefetch_target_names(spec: ObjectSpec, local: BTF, target: BTF) -> None:
         if prog.attach_kind == "tp_btf":
             names.add("btf_trace_" + prog.attach_target)
         elif prog.attach_kind == "iter":
-            names.add("bpf_iter_" + prog.attach_target)
+            names.add(abi.ITER_FUNC_PREFIX + prog.attach_target)
         for relo in prog.core_relocs:
             if relo.kind != K.TYPE_ID_LOCAL:
                 try:
@@ -153,19 +154,6 @@ def _prefetch_target_names(spec: ObjectSpec, local: BTF, target: BTF) -> None:
                 except BTFError:
                     pass
     target.prefetch_names(names)
-
-
-def _iter_btf_id(target: BTF, prog) -> int:
-    name = "bpf_iter_" + prog.attach_target
-    try:
-        ids = target.find_by_name(name, BTFKind.FUNC)
-    except BTFError as e:
-        raise CORERelocationError(f"program '{prog.name}': looking up {name}: {e}") from None
-    if not ids:
-        raise KernelFeatureError(f"this kernel has no BPF iterator '{prog.attach_target}' ({name} is not in "
-                                 f"its BTF), which program {prog.name} needs (iterators: Linux 5.8+, "
-                                 f"iter/tcp 5.9+)")
-    return ids[0]
 
 
 def _tp_btf_id(target: BTF, prog) -> int:
@@ -180,6 +168,19 @@ def _tp_btf_id(target: BTF, prog) -> int:
             f"'{prog.attach_target}', but the running kernel ({os.uname().release}) has no type "
             f"'{name}': the tracepoint does not exist in this kernel")
     return ids[0]
+
+
+def _iter_btf_id(target: BTF, prog) -> int:
+    """The id of the FUNC bpf_iter_<target> (libbpf's rule for iter/ sections), or 0 when this kernel
+    has no such iterator: unlike a missing tp_btf target, that is not an error for the whole object
+    (a tool may load its other programs without the iterator); loading this program reports it
+    (program.load), and 0 is what the cached spec keeps."""
+    name = abi.ITER_FUNC_PREFIX + prog.attach_target
+    try:
+        ids = target.find_by_name(name, BTFKind.FUNC)
+    except BTFError as e:
+        raise CORERelocationError(f"program '{prog.name}': looking up {name}: {e}") from None
+    return ids[0] if ids else 0
 
 
 class _Relocator:

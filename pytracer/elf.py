@@ -43,6 +43,7 @@ SECTION_TYPES = (
     ("tp_btf/", abi.ProgType.TRACING, abi.AttachType.TRACE_RAW_TP, "tp_btf"),
     ("raw_tracepoint/", abi.ProgType.RAW_TRACEPOINT, 0, "raw_tracepoint"),
     ("raw_tp/", abi.ProgType.RAW_TRACEPOINT, 0, "raw_tracepoint"),
+    # BPF iterators: run on demand (BPFObject.run_iterator), never attached to an event
     ("iter/", abi.ProgType.TRACING, abi.AttachType.TRACE_ITER, "iter"),
 )
 SUPPORTED_SECTIONS = ", ".join(p + "..." for p, *_ in SECTION_TYPES)
@@ -184,7 +185,7 @@ class _Reader:
                 kinds = program_type_for(s.name)
                 if kinds is None:
                     raise ObjectFormatError(
-                        f"{self.path}: unknown program section '{s.name}' (pytracer attaches only "
+                        f"{self.path}: unknown program section '{s.name}' (pytracer loads only "
                         f"{SUPPORTED_SECTIONS}; kprobes are not used)")
                 self.prog_kinds[s.name] = kinds
             data = s.data()

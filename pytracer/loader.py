@@ -3,16 +3,17 @@ creates (BTF fd, maps, programs, links, ring buffer mmaps). `close()` or the con
 in reverse order, on every exit path.
 
     with BPFObject(path, rodata={"target_tgid": os.getpid()}) as obj:
-        obj.attach()
+        obj.attach()                            # every program but the iterators
         rb = obj.ring_buffer("events")
+        text = obj.run_iterator("dump_tasks")   # an iter/task program: one pass, its output
 """
 import errno
 import os
 import struct
 import sys
 
-from . import abi, attach as attach_mod, cache, maps as maps_mod, program as program_mod
-from .errors import KernelFeatureError, PytracerError
+from . import abi, attach as attach_mod, cache, iterator, maps as maps_mod, program as program_mod
+from .errors import AttachError, KernelFeatureError, PytracerError
 from .ringbuf import RingBuffer
 from .spec import ObjectSpec
 from .syscall import Buffer, bpf, raise_from_oserror, raise_memlock_rlimit
@@ -48,7 +49,7 @@ def prepare(path, use_cache=True):
         if not os.path.exists(VMLINUX_BTF):
             raise KernelFeatureError(
                 f"this kernel exposes no BTF ({VMLINUX_BTF} is missing; it needs CONFIG_DEBUG_INFO_BTF=y, "
-                f"Linux 5.4+), so CO-RE relocation and BTF-typed tracepoints are impossible")
+                f"Linux 5.4+), so CO-RE relocation, BTF-typed tracepoints and BPF iterators are impossible")
         failures = apply_core_relocations(spec, BTF(spec.btf), BTF.load_vmlinux(VMLINUX_BTF)) or []
     spec.relocated = True
     if key:
@@ -138,19 +139,46 @@ class BPFObject:
 
     # -- attaching and reading ---------------------------------------------------------------------------
     def attach(self, names=None):
-        """Attach the named programs (default: every loaded one). Returns the new links."""
-        new = []
+        """Attach the named programs (default: every loaded one that is not an iterator; iterators run on
+        demand, see run_iterator). Returns the new links."""
         if names is None:
-            names = [n for n, p in self.programs.items() if p.spec.attach_kind != "iter"]
+            names = [n for n, p in self.programs.items() if not iterator.is_iterator(p)]
+        new = []
         for name in names:
+            if iterator.is_iterator(self._program(name)):
+                raise AttachError(f"program {name} is a BPF iterator: it is not attached to an event but "
+                                  f"run on demand, with run_iterator('{name}')")
             link = attach_mod.attach(self.programs[name])
             self.links.append(link)
             new.append(link)
         return new
 
-    def run_iterator(self, name):
-        """Run iterator program `name` once over what it visits; returns what it wrote (bytes)."""
-        return attach_mod.run_iterator(self.programs[name])
+    def run_iterator(self, name, link_info=b""):
+        """Run iterator program `name` (an iter/<target> section) over every object of its target once
+        and return what it wrote (b"" if it only updates maps). Nothing stays in the kernel afterwards.
+        `link_info` is a union bpf_iter_link_info, e.g. iterator.task_link_info(pid=...)."""
+        return iterator.run(self._iterator_program(name), link_info)
+
+    def iterator(self, name, link_info=b""):
+        """An Iterator for program `name` that keeps its link, for repeated runs (`.read()`); this object
+        owns it and closes it with its links."""
+        it = iterator.Iterator(self._iterator_program(name), link_info)
+        self.links.append(it)
+        return it
+
+    def _program(self, name):
+        prog = self.programs.get(name)
+        if prog is None:
+            why = "was not loaded" if name in self.spec.programs else "does not exist"
+            raise PytracerError(f"program {name} of {self.path} {why}")
+        return prog
+
+    def _iterator_program(self, name):
+        prog = self._program(name)
+        if not iterator.is_iterator(prog):
+            raise PytracerError(f"program {name} ({prog.spec.section}) is not a BPF iterator "
+                                f"(iter/<target> section)")
+        return prog
 
     def ring_buffer(self, map_name):
         m = self.maps[map_name]

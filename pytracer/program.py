@@ -4,7 +4,7 @@ import os
 import re
 import struct
 
-from . import abi
+from . import abi, iterator
 from .errors import KernelFeatureError, PytracerError, VerifierError
 from .maps import kernel_name
 from .syscall import Buffer, bpf, privilege_error, raise_from_oserror
@@ -61,6 +61,8 @@ class Program:
 def load(prog, maps, btf_fd, license_, source_btf=None, core_failures=()):
     """Load one program. `source_btf`, a callable returning the object's btf.BTF, is called only to annotate
     a verifier rejection with C source lines (parsing BTF is not free)."""
+    if prog.attach_kind == "iter" and not prog.attach_btf_id:
+        raise iterator.missing_target_error(prog)  # core.py found no bpf_iter_<target> in vmlinux BTF
     insns = relocate_maps(prog, maps)
     ibuf = Buffer(insns)
     lbuf = Buffer(license_.encode() + b"\0")
@@ -115,6 +117,8 @@ def load(prog, maps, btf_fd, license_, source_btf=None, core_failures=()):
             raise KernelFeatureError(
                 f"the kernel refused BTF-typed tracepoint program {prog.name} (tp_btf, Linux 5.5+ with "
                 f"/sys/kernel/btf/vmlinux)") from None
+        if prog.attach_kind == "iter":
+            raise iterator.missing_target_error(prog) from None
         raise PytracerError(f"the kernel refused program {prog.name} ({prog.section}): invalid argument "
                             f"and no verifier log") from None
     raise VerifierError(summarise_rejection(prog, log, source_btf() if source_btf else None, core_failures),

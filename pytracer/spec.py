@@ -76,8 +76,8 @@ class ProgramSpec(_Record):
         "section",                  # e.g. "tracepoint/sock/inet_sock_set_state"
         "prog_type",                # abi.ProgType
         ("expected_attach_type", 0),  # abi.AttachType
-        ("attach_kind", ""),        # "tracepoint" | "tp_btf" | "raw_tracepoint"
-        ("attach_target", ""),      # "sock/inet_sock_set_state" or "net_dev_queue"
+        ("attach_kind", ""),        # "tracepoint" | "tp_btf" | "raw_tracepoint" | "iter"
+        ("attach_target", ""),      # "sock/inet_sock_set_state", "net_dev_queue" or "task_file" (iter)
         ("insns", b""),             # linked program (main function followed by the subprograms it calls)
         ("map_relocs", []),         # [MapRelocSpec]
         ("core_relocs", []),        # [CoreReloSpec], emptied by core.py once applied
@@ -85,7 +85,8 @@ class ProgramSpec(_Record):
         ("func_info_rec_size", 8),
         ("line_info", b""),         # packed bpf_line_info records (insn_off in instructions)
         ("line_info_rec_size", 16),
-        ("attach_btf_id", 0),       # vmlinux BTF id of btf_trace_<name> for tp_btf (set by core.py)
+        ("attach_btf_id", 0),       # vmlinux BTF id of btf_trace_<name> for tp_btf, of the FUNC
+                                    # bpf_iter_<target> for iter (0: this kernel lacks it); set by core.py
     )
     __slots__ = tuple(n for n, _ in FIELDS)
 

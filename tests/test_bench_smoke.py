@@ -144,3 +144,13 @@ def test_profile_pytracer(kernel):
     d = bench("profile_pytracer.py", "--rate", "2000", "--seconds", "0.5", "--top", "5")
     assert d["lines"] > 0 and len(d["top"]) == 5
     assert all(0 <= t["share"] <= 1 for t in d["top"])
+
+
+def test_iterator_pass(kernel):
+    if not shutil.which("clang-16"):
+        pytest.skip("bench/iterator.py builds tests/bpf/iter_fixture.bpf.c with clang-16")
+    d = bench("iterator.py", "--rounds", "2", "--pairs", "50")
+    assert "error" not in d, d.get("error")
+    s = d["sockets"]
+    assert s["holder_sockets"] == s["lines_one_process"] == 101 and s["lines_all"] >= 101
+    assert s["tcp_records"] >= 101 and s["all"]["median_ms"] > 0 and d["host"]["tasks"]["median_ms"] > 0
