@@ -1,0 +1,302 @@
+"""The capture oracle (issue 9, item 5): tcpdump captures what the tracer traces, and they must agree.
+
+For every workload, on loopback and between two network namespaces over veth: each captured packet is exactly
+one line on its sending socket and one on its receiving socket (both are local on loopback; over veth each
+namespace's capture covers its own sockets), with the same SIZE (IP packet + 14) and payload; the close
+lines' tx_bytes/rx_bytes equal the capture's payload (retransmitted bytes once); no line is lost; and every
+line names the socket's rightful owner (pid, uid, comm) as the test knows it from the programs themselves.
+The JSON lines checked are those of `python -m pytracer -j` (Trace in test_real_programs runs it next to
+the API and checks they agree).
+
+Target semantics: the connect line is the real SYN; the three accept lines are the real SYN, SYN-ACK and ACK,
+named after the accepting process; every other packet is a send/recv/reset line on each local socket it
+crosses, with the size tcpdump shows (send lines after GSO splitting, where taps see packets).
+"""
+import contextlib
+import os
+import pwd
+import re
+import subprocess
+import time
+
+import pytest
+
+import traffic
+from capture import Capture, attribution, netns_inode, oracle, report
+from test_real_programs import (SYSTEM_PYTHON, Daemon, Trace, both_closed, curl, daemon, echo_handler, need,
+                                nginx, web_root, workdir)  # noqa: F401 - workdir is a fixture
+from test_tcpsnoop import netns_pair  # noqa: F401 - a fixture
+
+VETH = {4: "169.254.77.1", 6: "fd77::1"}     # the server's end of netns_pair's veth
+LOOPBACK = {4: "127.0.0.1", 6: "::1"}
+
+
+class Net:
+    """Where a workload runs: on the host's loopback, or server in namespace A and client in B over veth."""
+
+    def __init__(self, kind, pair=None):
+        self.kind = kind
+        if kind == "lo":
+            self.srv_ns = self.cli_ns = None
+            self.addr = LOOPBACK
+            self.inodes = ()
+        else:
+            self.srv_ns, self.cli_ns = pair
+            self.addr = VETH
+            self.inodes = (netns_inode(self.srv_ns), netns_inode(self.cli_ns))
+
+    @staticmethod
+    def _prefix(ns):
+        return ("ip", "netns", "exec", ns) if ns else ()
+
+    @property
+    def srv_prefix(self):
+        return self._prefix(self.srv_ns)
+
+    @property
+    def cli_prefix(self):
+        return self._prefix(self.cli_ns)
+
+    def url_host(self, family):
+        return self.addr[family] if family == 4 else f"[{self.addr[family]}]"
+
+    @contextlib.contextmanager
+    def capture(self, *ports):
+        """tcpdump on lo, or inside each namespace (-i any), for traffic of these ports."""
+        flt = " or ".join(f"tcp port {p}" for p in ports)
+        with contextlib.ExitStack() as stack:
+            if self.kind == "lo":
+                caps = [stack.enter_context(Capture(flt))]
+            else:
+                caps = [stack.enter_context(Capture(flt, netns=ns)) for ns in (self.srv_ns, self.cli_ns)]
+            yield caps
+
+    def trace(self, *ports):
+        return Trace(*ports, also_netns=self.inodes)
+
+
+@pytest.fixture(params=["lo", "veth"])
+def net(request, kernel):
+    need("tcpdump", "tcpdump")
+    if request.param == "lo":
+        return Net("lo")
+    return Net("veth", request.getfixturevalue("netns_pair"))
+
+
+def free_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def sides(port, client, acceptor, server):
+    """expected(line) for attribution(): a server-side line (local port `port`) names `acceptor` on the accept
+    lines and `server` on all others; a client-side line names `client`. Each is an owner (pid, uid, comm)
+    or a function of the line giving one."""
+    def pick(who, o):
+        return who(o) if callable(who) else who
+
+    def expected(o):
+        if o["lport"] == port:
+            return pick(acceptor if o["event"] == "accept" else server, o)
+        return pick(client, o)
+    return expected
+
+
+def check(t, caps, expected, events):
+    """The oracle and the attribution on the CLI's JSON lines, reported together; then API == CLI."""
+    problems = oracle(caps, t.cli_events) + attribution(t.cli_events, expected)
+    assert not problems, report(problems)
+    t.same_in_cli(events)
+
+
+def nobody():
+    pw = pwd.getpwnam("nobody")
+    return pw.pw_uid, pw.pw_gid
+
+
+def as_nobody():
+    uid, gid = nobody()
+    return ("setpriv", "--reuid", str(uid), "--regid", str(gid), "--clear-groups")
+
+
+# ---- curl against python http.server -----------------------------------------------------------------
+@pytest.mark.parametrize("family", [4, 6])
+def test_curl_http_server(no_leaks, workdir, net, family):
+    curl_bin = need("curl", "curl")
+    need(SYSTEM_PYTHON, "python3")
+    size = 150_001
+    with open(os.path.join(workdir, "file.bin"), "wb") as f:
+        f.write(os.urandom(size))
+    os.chmod(os.path.join(workdir, "file.bin"), 0o644)
+    port = free_port()
+    cmd = [*net.srv_prefix, *as_nobody(), SYSTEM_PYTHON, "-m", "http.server", "--bind", net.addr[family],
+           "--directory", workdir, str(port)]
+    with daemon(cmd, workdir, "http.server") as srv:
+        srv.wait_listening(port, family)
+        with net.capture(port) as caps, net.trace(port) as t:
+            cpid, [(req, hdr, body, lport, code)] = curl(curl_bin, f"http://{net.url_host(family)}:{port}/file.bin",
+                                                         prefix=net.cli_prefix)
+            events = t.finish(both_closed(port))
+    assert (code, body) == (200, size)
+    server = (srv.pid, nobody()[0], "python3")
+    check(t, caps, sides(port, (cpid, 0, "curl"), server, server), events)
+
+
+# ---- nginx, several workers ----------------------------------------------------------------------------
+def test_nginx_workers(no_leaks, workdir, net):
+    """8 curl processes at once against nginx with 4 workers (www-data); each connection's server lines name
+    the worker that served it (nginx's access log says which: $pid, $remote_port)."""
+    curl_bin = need("curl", "curl")
+    web_root(workdir, {"f.bin": 200_001})
+    port = free_port()
+    log = os.path.join(workdir, "access.log")
+    fmt = "log_format who '$pid $remote_port $status';"
+    www = pwd.getpwnam("www-data").pw_uid
+    n = 8
+    with nginx(workdir, 4, port, prefix=net.srv_prefix, workers=4, host=net.addr[4],
+               access_log=f"{fmt} access_log {log} who;") as (master, _):
+        with net.capture(port) as caps, net.trace(port) as t:
+            url = f"http://{net.addr[4]}:{port}/f.bin"
+            procs = [subprocess.Popen([*net.cli_prefix, curl_bin, "-sS", "--max-time", "10", "-o", "/dev/null",
+                                       "-w", "%{local_port} %{http_code}", url], stdout=subprocess.PIPE, text=True)
+                     for _ in range(n)]
+            outs = [p.communicate(timeout=30)[0] for p in procs]
+            assert [p.returncode for p in procs] == [0] * n
+            events = t.finish(both_closed(port, n))
+        workers = set(master.workers)
+    clients = {}
+    for p, out in zip(procs, outs):
+        lport, code = map(int, out.split())
+        assert code == 200
+        clients[lport] = (p.pid, 0, "curl")
+    deadline = time.monotonic() + 5
+    while True:                    # nginx writes the log line after the response
+        with open(log) as f:
+            served = {int(rp): int(pid) for pid, rp, _ in (ln.split() for ln in f if ln.strip())}
+        if set(served) >= set(clients) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert set(served) == set(clients), f"access log {served}, curl ports {sorted(clients)}"
+    assert set(served.values()) <= workers
+
+    def worker(o):
+        return (served[o["rport"]], www, "nginx")
+    check(t, caps, sides(port, lambda o: clients[o["lport"]], worker, worker), events)
+
+
+# ---- many busy connections at once ---------------------------------------------------------------------
+def test_many_concurrent_connections(no_leaks, net):
+    """50 connections open at once between two processes, each carrying 20 kB each way concurrently."""
+    n, each = 50, 20_000
+    s = traffic.Peer("mserver", "tmsrv", 4, net.addr[4], 0, n, each, each, netns=net.srv_ns)
+    s.read_until("LISTEN")
+    c = traffic.Peer("mclient", "tmcli", 4, net.addr[4], s.port, n, each, each, netns=net.cli_ns)
+    c.read_until("PID")
+    with net.capture(s.port) as caps, net.trace(s.port) as t:
+        c.go()
+        c.wait()
+        s.wait()
+        events = t.finish(both_closed(s.port, n))
+    srv, cli = (s.pids["tmsrv"], 0, "tmsrv"), (c.pids["tmcli"], 0, "tmcli")
+    check(t, caps, sides(s.port, cli, srv, srv), events)
+
+
+# ---- bulk: GSO super-packets ---------------------------------------------------------------------------
+def test_bulk_transfer(no_leaks, net):
+    """40 MB one way: the stack moves GSO super-packets (up to 64 kB on lo), which tcpdump sees whole."""
+    nsend = 40_000_000
+    s = traffic.server("tsrv", "4", net.addr[4], nsend, 1000, netns=net.srv_ns)
+    c = traffic.client("tcli", "4", net.addr[4], s.port, nsend, 1000, netns=net.cli_ns)
+    with net.capture(s.port) as caps, net.trace(s.port) as t:
+        c.go()
+        c.wait(timeout=60)
+        s.wait(timeout=60)
+        events = t.finish(both_closed(s.port), limit=60)
+    srv, cli = (s.pids["tsrv"], 0, "tsrv"), (c.pids["tcli"], 0, "tcli")
+    check(t, caps, sides(s.port, cli, srv, srv), events)
+
+
+# ---- openbsd-inetd nowait: the child execs cat ---------------------------------------------------------
+def test_inetd_nowait_cat(no_leaks, workdir, net):
+    """inetd (root) accepts and forks a child that execs cat as nobody; the client sends 0.5 s after
+    connecting, while cat is blocked in read(): every server line after the accept lines names cat."""
+    inetd_bin = need("inetd", "openbsd-inetd")
+    need("/bin/cat", "coreutils")
+    n = 100_000
+    script, pidfile = echo_handler(workdir, "$$")
+    port = free_port()
+    conf = os.path.join(workdir, "inetd.conf")
+    with open(conf, "w") as f:
+        f.write(f"{net.addr[4]}:{port} stream tcp nowait nobody {script} handler.sh\n")
+    with daemon([*net.srv_prefix, inetd_bin, "-d", "-i", conf], workdir, "inetd") as srv:
+        srv.wait_listening(port)
+        c = traffic.client("tcli", "4", net.addr[4], port, n, n, netns=net.cli_ns, delay=0.5)
+        with net.capture(port) as caps, net.trace(port) as t:
+            c.go()
+            c.wait()
+            events = t.finish(both_closed(port))
+    with open(pidfile) as f:
+        child = int(f.read())
+    assert child != srv.pid
+    check(t, caps, sides(port, (c.pids["tcli"], 0, "tcli"), (srv.pid, 0, "inetd"), (child, nobody()[0], "cat")),
+          events)
+
+
+# ---- socat fork ----------------------------------------------------------------------------------------
+def test_socat_fork(no_leaks, workdir, net):
+    """socat TCP-LISTEN,fork: the listener accepts, a forked socat serves (relaying to an exec'd cat); the
+    client sends 0.5 s after connecting, when only the forked child holds the connection."""
+    socat_bin = need("socat", "socat")
+    need("/bin/cat", "coreutils")
+    n = 100_000
+    script, pidfile = echo_handler(workdir, "$PPID")    # the handler's parent is socat's forked child
+    port = free_port()
+    cmd = [*net.srv_prefix, socat_bin, f"TCP-LISTEN:{port},bind={net.addr[4]},fork,reuseaddr", f"EXEC:{script}"]
+    with daemon(cmd, workdir, "socat") as srv:
+        srv.wait_listening(port)
+        c = traffic.client("tcli", "4", net.addr[4], port, n, n, netns=net.cli_ns, delay=0.5)
+        with net.capture(port) as caps, net.trace(port) as t:
+            c.go()
+            c.wait()
+            events = t.finish(both_closed(port))
+    with open(pidfile) as f:
+        forked = int(f.read())
+    assert forked not in (srv.pid, c.pids["tcli"])
+    check(t, caps, sides(port, (c.pids["tcli"], 0, "tcli"), (srv.pid, 0, "socat"), (forked, 0, "socat")), events)
+
+
+# ---- fd hand-off over a unix socket --------------------------------------------------------------------
+def test_fd_passed_over_unix_socket(no_leaks, net):
+    """The acceptor passes the connection (SCM_RIGHTS) to another process and closes its copy; the client
+    sends 0.5 s after connecting: every server line after the accept lines names the receiver."""
+    n = 100_000
+    s = traffic.server("tpass", "4", net.addr[4], n, n, mode="fdpass", extra=("trecv",), netns=net.srv_ns)
+    c = traffic.client("tcli", "4", net.addr[4], s.port, n, n, netns=net.cli_ns, delay=0.5)
+    with net.capture(s.port) as caps, net.trace(s.port) as t:
+        c.go()
+        c.wait()
+        s.wait()
+        events = t.finish(both_closed(s.port))
+    check(t, caps, sides(s.port, (c.pids["tcli"], 0, "tcli"), (s.pids["tpass"], 0, "tpass"),
+                         (s.pids["trecv"], 0, "trecv")), events)
+
+
+# ---- a connection opened before the tracer started -----------------------------------------------------
+def test_connection_opened_before_tracer(no_leaks, net):
+    """Connect, wait, then start capture and tracer, then 3000 bytes each way and close: the tracer must show
+    every packet of it, named after its processes."""
+    s = traffic.server("tsrv", "4", net.addr[4], 3000, 3000, netns=net.srv_ns)
+    c = traffic.Peer("preclient", "tpre", 4, net.addr[4], s.port, 3000, 3000, netns=net.cli_ns)
+    c.read_until("CONNECTED")
+    time.sleep(0.5)
+    with net.capture(s.port) as caps, net.trace(s.port) as t:
+        c.go()
+        c.wait()
+        s.wait()
+        events = t.finish(both_closed(s.port))
+    srv, cli = (s.pids["tsrv"], 0, "tsrv"), (c.pids["tpre"], 0, "tpre")
+    check(t, caps, sides(s.port, cli, srv, srv), events)
