@@ -248,6 +248,19 @@ def expected_lines(captures):
     return want, packets
 
 
+def refused(packets):
+    """'closed port' for the 4-tuple of a SYN answered by a RST (no socket), 'refused' for the socket whose
+    SYN got that RST, else None."""
+    sent, recvd = packets["out"], packets["in"]
+    if any("S" in p.flags for p in sent + recvd if "A" in p.flags):
+        return None
+    if any("S" in p.flags for p in recvd) and any("R" in p.flags for p in sent):
+        return "closed port"
+    if any("S" in p.flags for p in sent) and any("R" in p.flags for p in recvd):
+        return "refused"
+    return None
+
+
 def unique_payload(pkts):
     """Payload bytes covered by these packets' sequence ranges: retransmitted bytes count once."""
     if not pkts:
@@ -306,15 +319,15 @@ def handshake(packets, lines_of):
             out.append(f"connect line(s) {connect}, capture's SYN {want}")
     elif connect:
         out.append(f"connect line(s) {connect} but the capture has no SYN from this socket")
-    if syn_in:
-        synack = [p for p in sent if "S" in p.flags and "A" in p.flags]
+    synack = [p for p in sent if "S" in p.flags and "A" in p.flags]
+    if syn_in and synack:
         third = [p for p in recvd if synack and p.ts >= synack[0].ts and p is not syn_in[0]][:1]
         want = [("in", syn_in[0].size, syn_in[0].payload)]
-        want += [("out", p.size, p.payload) for p in synack[:1]] + [("in", p.size, p.payload) for p in third]
+        want += [("out", synack[0].size, synack[0].payload)] + [("in", p.size, p.payload) for p in third]
         if accept != want:
             out.append(f"accept lines (dir, size, payload) {accept}, capture's SYN, SYN-ACK, ACK {want}")
     elif accept:
-        out.append(f"accept lines {accept} but the capture has no SYN to this socket")
+        out.append(f"accept lines {accept} but the capture has no SYN answered by this socket")
     return out
 
 
@@ -371,6 +384,13 @@ def oracle(captures, lines, max_examples=12):
     for k in sorted(packets):
         tx, rx = unique_payload(packets[k]["out"]), unique_payload(packets[k]["in"])
         cl = closes.get(k, [])
+        fate = refused(packets[k])
+        if fate == "closed port":        # no socket: the kernel answered a SYN with a RST
+            if cl:
+                bad.append(f"{fmt_sock(k)}: close line(s) for a closed port's RST: {cl}")
+            continue
+        if fate == "refused" and not cl:  # a refused connect may be summarised or not
+            continue
         if len(cl) != 1:
             bad.append(f"{fmt_sock(k)}: {len(cl)} close lines (capture payload tx {tx} rx {rx})")
         elif (cl[0]["tx_bytes"], cl[0]["rx_bytes"]) != (tx, rx):

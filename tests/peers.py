@@ -1,7 +1,9 @@
 """Real TCP peers for the end-to-end tests, run as separate processes with names of their own.
 
     python peers.py server NAME FAMILY HOST PORT RECV SEND      accept one connection, read RECV, send SEND
-    python peers.py client NAME FAMILY HOST PORT SEND RECV [DELAY]  connect, (wait DELAY s,) send SEND, read RECV
+    python peers.py client NAME FAMILY HOST PORT SEND RECV [DELAY]  connect, (wait DELAY s, or with DELAY "go"
+                                                                say "CONNECTED <port>" and wait for a second line
+                                                                on stdin,) send SEND, read RECV
     python peers.py mserver NAME FAMILY HOST PORT N RECV SEND   accept N connections, serve them all at once
     python peers.py mclient NAME FAMILY HOST PORT N SEND RECV   open N connections at once, each a client
     python peers.py preclient NAME FAMILY HOST PORT SEND RECV   connect at once; on "go" send SEND, read RECV
@@ -80,8 +82,11 @@ def client(name, fam, host, port, nsend, nrecv, delay="0"):
     set_name(name)
     wait_go()
     c = socket.create_connection((host, int(port)))
-    if float(delay):
-        time.sleep(float(delay))      # e.g. until an inetd-style server has handed the connection over
+    if delay == "go":                 # the test says when: e.g. once an inetd-style server has handed it over
+        say(f"CONNECTED {c.getsockname()[1]}")
+        wait_go()
+    elif float(delay):
+        time.sleep(float(delay))
     send_all(c, int(nsend))
     recv_exactly(c, int(nrecv))
     c.close()

@@ -23,8 +23,8 @@ import pytest
 
 import traffic
 from capture import Capture, attribution, netns_inode, oracle, report
-from test_real_programs import (SYSTEM_PYTHON, Daemon, Trace, both_closed, curl, daemon, echo_handler, need,
-                                nginx, web_root, workdir)  # noqa: F401 - workdir is a fixture
+from test_real_programs import (SYSTEM_PYTHON, Trace, both_closed, curl, daemon, echo_handler, need, nginx,
+                                proc_status, web_root, workdir)  # noqa: F401 - workdir is a fixture
 from test_tcpsnoop import netns_pair  # noqa: F401 - a fixture
 
 VETH = {4: "169.254.77.1", 6: "fd77::1"}     # the server's end of netns_pair's veth
@@ -111,6 +111,53 @@ def check(t, caps, expected, events):
     problems = oracle(caps, t.cli_events) + attribution(t.cli_events, expected)
     assert not problems, report(problems)
     t.same_in_cli(events)
+
+
+def socket_holders(ns_pid, lport, rport):
+    """Pids holding the established socket lport->rport (IPv4, in the network namespace of ns_pid), from
+    /proc/PID/net/tcp (its inode) and every process's fd table."""
+    inode = None
+    with open(f"/proc/{ns_pid}/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            parts = line.split()
+            if (parts[3] == "01" and int(parts[1].rsplit(":", 1)[1], 16) == lport
+                    and int(parts[2].rsplit(":", 1)[1], 16) == rport):
+                inode = parts[9]
+    if inode is None:
+        return set()
+    target, out = f"socket:[{inode}]", set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                    out.add(int(pid))
+                    break
+            except OSError:
+                pass
+    return out
+
+
+def handed_over(client, ns_pid, port, comm, timeout=10.0):
+    """The client (delay="go") has connected: wait until one process other than the acceptor, named `comm`,
+    holds the server's end alone (ground truth from /proc), then let the client send. Returns that owner
+    (pid, uid, comm)."""
+    cport = int(client.read_until("CONNECTED")[1])
+    deadline = time.monotonic() + timeout
+    while True:
+        held = socket_holders(ns_pid, port, cport)
+        if len(held) == 1:
+            (pid,) = held
+            st = proc_status(pid)
+            if st and st[2] == comm and pid != ns_pid:
+                break
+        assert time.monotonic() < deadline, f"the connection was not handed over to {comm}: held by {held}"
+        time.sleep(0.01)
+    client.go()
+    return pid, st[1], st[2]
 
 
 def nobody():
@@ -223,7 +270,8 @@ def test_bulk_transfer(no_leaks, net):
 # ---- openbsd-inetd nowait: the child execs cat ---------------------------------------------------------
 def test_inetd_nowait_cat(no_leaks, workdir, net):
     """inetd (root) accepts and forks a child that execs cat as nobody; the client sends 0.5 s after
-    connecting, while cat is blocked in read(): every server line after the accept lines names cat."""
+    connecting, once /proc shows cat alone holding the connection (blocked in read()): every server line
+    after the accept lines names cat."""
     inetd_bin = need("inetd", "openbsd-inetd")
     need("/bin/cat", "coreutils")
     n = 100_000
@@ -234,22 +282,23 @@ def test_inetd_nowait_cat(no_leaks, workdir, net):
         f.write(f"{net.addr[4]}:{port} stream tcp nowait nobody {script} handler.sh\n")
     with daemon([*net.srv_prefix, inetd_bin, "-d", "-i", conf], workdir, "inetd") as srv:
         srv.wait_listening(port)
-        c = traffic.client("tcli", "4", net.addr[4], port, n, n, netns=net.cli_ns, delay=0.5)
+        c = traffic.client("tcli", "4", net.addr[4], port, n, n, netns=net.cli_ns, delay="go")
         with net.capture(port) as caps, net.trace(port) as t:
             c.go()
+            time.sleep(0.5)             # cat is blocked in read() by now
+            child = handed_over(c, srv.pid, port, "cat")
             c.wait()
             events = t.finish(both_closed(port))
     with open(pidfile) as f:
-        child = int(f.read())
-    assert child != srv.pid
-    check(t, caps, sides(port, (c.pids["tcli"], 0, "tcli"), (srv.pid, 0, "inetd"), (child, nobody()[0], "cat")),
-          events)
+        assert int(f.read()) == child[0]
+    assert child[1:] == (nobody()[0], "cat")
+    check(t, caps, sides(port, (c.pids["tcli"], 0, "tcli"), (srv.pid, 0, "inetd"), child), events)
 
 
 # ---- socat fork ----------------------------------------------------------------------------------------
 def test_socat_fork(no_leaks, workdir, net):
     """socat TCP-LISTEN,fork: the listener accepts, a forked socat serves (relaying to an exec'd cat); the
-    client sends 0.5 s after connecting, when only the forked child holds the connection."""
+    client sends once /proc shows the forked child alone holding the connection."""
     socat_bin = need("socat", "socat")
     need("/bin/cat", "coreutils")
     n = 100_000
@@ -258,31 +307,35 @@ def test_socat_fork(no_leaks, workdir, net):
     cmd = [*net.srv_prefix, socat_bin, f"TCP-LISTEN:{port},bind={net.addr[4]},fork,reuseaddr", f"EXEC:{script}"]
     with daemon(cmd, workdir, "socat") as srv:
         srv.wait_listening(port)
-        c = traffic.client("tcli", "4", net.addr[4], port, n, n, netns=net.cli_ns, delay=0.5)
+        c = traffic.client("tcli", "4", net.addr[4], port, n, n, netns=net.cli_ns, delay="go")
         with net.capture(port) as caps, net.trace(port) as t:
             c.go()
+            time.sleep(0.5)
+            forked = handed_over(c, srv.pid, port, "socat")
             c.wait()
             events = t.finish(both_closed(port))
     with open(pidfile) as f:
-        forked = int(f.read())
-    assert forked not in (srv.pid, c.pids["tcli"])
-    check(t, caps, sides(port, (c.pids["tcli"], 0, "tcli"), (srv.pid, 0, "socat"), (forked, 0, "socat")), events)
+        assert int(f.read()) == forked[0]
+    check(t, caps, sides(port, (c.pids["tcli"], 0, "tcli"), (srv.pid, 0, "socat"), forked), events)
 
 
 # ---- fd hand-off over a unix socket --------------------------------------------------------------------
 def test_fd_passed_over_unix_socket(no_leaks, net):
     """The acceptor passes the connection (SCM_RIGHTS) to another process and closes its copy; the client
-    sends 0.5 s after connecting: every server line after the accept lines names the receiver."""
+    sends once /proc shows the receiver alone holding it: every server line after the accept lines names
+    the receiver."""
     n = 100_000
     s = traffic.server("tpass", "4", net.addr[4], n, n, mode="fdpass", extra=("trecv",), netns=net.srv_ns)
-    c = traffic.client("tcli", "4", net.addr[4], s.port, n, n, netns=net.cli_ns, delay=0.5)
+    c = traffic.client("tcli", "4", net.addr[4], s.port, n, n, netns=net.cli_ns, delay="go")
     with net.capture(s.port) as caps, net.trace(s.port) as t:
         c.go()
+        time.sleep(0.5)
+        receiver = handed_over(c, s.pids["tpass"], s.port, "trecv")
         c.wait()
         s.wait()
         events = t.finish(both_closed(s.port))
-    check(t, caps, sides(s.port, (c.pids["tcli"], 0, "tcli"), (s.pids["tpass"], 0, "tpass"),
-                         (s.pids["trecv"], 0, "trecv")), events)
+    assert receiver == (s.pids["trecv"], 0, "trecv")
+    check(t, caps, sides(s.port, (c.pids["tcli"], 0, "tcli"), (s.pids["tpass"], 0, "tpass"), receiver), events)
 
 
 # ---- a connection opened before the tracer started -----------------------------------------------------
@@ -300,3 +353,21 @@ def test_connection_opened_before_tracer(no_leaks, net):
         events = t.finish(both_closed(s.port))
     srv, cli = (s.pids["tsrv"], 0, "tsrv"), (c.pids["tpre"], 0, "tpre")
     check(t, caps, sides(s.port, cli, srv, srv), events)
+
+
+# ---- a SYN to a closed port ----------------------------------------------------------------------------
+@pytest.mark.parametrize("family", [4, 6])
+def test_closed_port(no_leaks, net, family):
+    """curl to a port nobody listens on: its connect line and the RST it receives name curl; the kernel's
+    lines for the closed port (`recv` the SYN, `reset` the RST) are the only ones with pid 0."""
+    curl_bin = need("curl", "curl")
+    port = free_port()
+    with net.capture(port) as caps, net.trace(port) as t:
+        p = subprocess.Popen([*net.cli_prefix, curl_bin, "-sS", "-g", "--max-time", "10",
+                              f"http://{net.url_host(family)}:{port}/"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        p.communicate(timeout=20)
+        events = t.finish(lambda evs: [e.event for e in evs if e.lport == port] == ["recv", "reset"] and
+                          any(e.event == "reset" and e.pid == p.pid for e in evs))
+    assert p.returncode == 7                  # CURLE_COULDNT_CONNECT
+    check(t, caps, sides(port, (p.pid, 0, "curl"), (0, 0, ""), (0, 0, "")), events)
