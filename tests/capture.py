@@ -21,6 +21,7 @@ import collections
 import json
 import os
 import signal
+import socket
 import struct
 import subprocess
 import tempfile
@@ -30,7 +31,6 @@ import time
 import pytest
 
 ETH_WIRE = 14
-PACKET_EVENTS = ("connect", "accept", "send", "recv", "reset")
 LINK_HEADER = {1: 14, 113: 16, 276: 20}          # DLT_EN10MB, DLT_LINUX_SLL, DLT_LINUX_SLL2
 ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
 TCP_FLAGS = "FSRPAUEC"
@@ -188,7 +188,6 @@ def parse_frame(linktype, frame, orig_len, ts):
     ip = frame[hl:]
     wire_ip_len = orig_len - hl          # the whole IP packet, also for GSO super-packets
     if proto == ETH_P_IP:
-        import socket
         ihl = (ip[0] & 0x0F) * 4
         tot = struct.unpack_from(">H", ip, 2)[0]
         if ip[9] != 6:
@@ -197,7 +196,6 @@ def parse_frame(linktype, frame, orig_len, ts):
         ip_len = tot if tot else wire_ip_len          # BIG TCP: tot_len 0
         l4 = ihl
     elif proto == ETH_P_IPV6:
-        import socket
         plen = struct.unpack_from(">H", ip, 4)[0]
         nxt, l4 = ip[6], 40
         while nxt in (0, 43, 60):                      # hop-by-hop, routing, destination options
@@ -230,22 +228,17 @@ def fmt_sock(k):
     return f"{k[1]}:{k[2]}->{k[3]}:{k[4]} (netns {k[0]})"
 
 
-def expected_lines(captures):
-    """(socket, dir) -> Counter((size, payload)) of the packets each local socket sent ('out') and
-    received ('in'); and socket -> {'out': [packets], 'in': [packets]}."""
-    want = collections.defaultdict(collections.Counter)
+def packets_by_socket(captures):
+    """socket -> {'out': [packets it sent], 'in': [packets it received]}, for every local socket (an end whose
+    address is local to the capture's namespace) of every captured packet."""
     packets = collections.defaultdict(lambda: {"out": [], "in": []})
     for cap in captures:
         for p in cap.packets:
             if p.src in cap.local:
-                k = sock_key(cap.netns, p.src, p.sport, p.dst, p.dport)
-                want[(k, "out")][(p.size, p.payload)] += 1
-                packets[k]["out"].append(p)
+                packets[sock_key(cap.netns, p.src, p.sport, p.dst, p.dport)]["out"].append(p)
             if p.dst in cap.local:
-                k = sock_key(cap.netns, p.dst, p.dport, p.src, p.sport)
-                want[(k, "in")][(p.size, p.payload)] += 1
-                packets[k]["in"].append(p)
-    return want, packets
+                packets[sock_key(cap.netns, p.dst, p.dport, p.src, p.sport)]["in"].append(p)
+    return packets
 
 
 def refused(packets):
@@ -306,102 +299,107 @@ def _labels(items):
 
 def handshake(packets, lines_of):
     """The connect line is the socket's SYN; the accept lines (in, out, in) are the SYN it received, its
-    SYN-ACK and the first packet it received after that. Returns problems for one socket."""
+    SYN-ACK and the first packet it received after that. Returns (problems, the handshake packets), for
+    one socket; the other packets are matched against its send/recv/reset lines."""
     sent, recvd = packets["out"], packets["in"]
-    syn_out = [p for p in sent if p.flags.count("S") and "A" not in p.flags]
+    syn_out = [p for p in sent if "S" in p.flags and "A" not in p.flags]
     syn_in = [p for p in recvd if "S" in p.flags and "A" not in p.flags]
+    synack = [p for p in sent if "S" in p.flags and "A" in p.flags]
     connect = [(o["size"], o["payload"]) for o in lines_of if o["event"] == "connect"]
     accept = [(o["dir"], o["size"], o["payload"]) for o in lines_of if o["event"] == "accept"]
-    out = []
+    out, used = [], []
     if syn_out:
+        used.append(syn_out[0])
         want = [(syn_out[0].size, syn_out[0].payload)]
         if connect != want:
-            out.append(f"connect line(s) {connect}, capture's SYN {want}")
+            out.append(f"connect line(s) (size, payload) {connect}, capture's SYN {want}")
     elif connect:
         out.append(f"connect line(s) {connect} but the capture has no SYN from this socket")
-    synack = [p for p in sent if "S" in p.flags and "A" in p.flags]
     if syn_in and synack:
-        third = [p for p in recvd if synack and p.ts >= synack[0].ts and p is not syn_in[0]][:1]
-        want = [("in", syn_in[0].size, syn_in[0].payload)]
-        want += [("out", synack[0].size, synack[0].payload)] + [("in", p.size, p.payload) for p in third]
+        third = [p for p in recvd if p.ts >= synack[0].ts and p is not syn_in[0]][:1]
+        used += [syn_in[0], synack[0], *third]
+        want = [("in", syn_in[0].size, syn_in[0].payload), ("out", synack[0].size, synack[0].payload)]
+        want += [("in", p.size, p.payload) for p in third]
         if accept != want:
             out.append(f"accept lines (dir, size, payload) {accept}, capture's SYN, SYN-ACK, ACK {want}")
     elif accept:
         out.append(f"accept lines {accept} but the capture has no SYN answered by this socket")
-    return out
+    return out, used
 
 
-def oracle(captures, lines, max_examples=12):
+def _section(title, rows, max_examples):
+    if not rows:
+        return []
+    more = f"\n  ... and {len(rows) - max_examples} more" if len(rows) > max_examples else ""
+    return [f"{len(rows)} {title}:\n  " + "\n  ".join(rows[:max_examples]) + more]
+
+
+def oracle(captures, lines, server_ports=(), max_examples=12):
     """Compare captured packets with the tracer's lines; returns a list of problems (empty: they agree).
 
     `lines`: the tracer's lines (JSON dicts or Events) for the traffic the captures' filters selected. Every
     local socket of a captured packet must have, per direction, exactly the packets' (size, payload)
-    multiset on its connect/accept/send/recv/reset lines; its close line's tx_bytes/rx_bytes must equal the
-    payload the capture shows it sent and received, each byte once; any `lost` line is a problem."""
+    multiset on its connect/accept/send/recv/reset lines (the connect and accept lines being its handshake
+    packets, see handshake()); its close line's tx_bytes/rx_bytes must equal the payload the capture shows
+    it sent and received, each byte once; any `lost` line is a problem. `server_ports` only label sockets
+    "server"/"client" in the report."""
     lines = [_line(o) for o in lines]
     problems = []
     lost = [o for o in lines if o["event"] == "lost"]
     if lost:
         problems.append(f"the tracer lost records: {lost}")
-    want, packets = expected_lines(captures)
-    got = collections.defaultdict(collections.Counter)
-    closes = collections.defaultdict(list)
+    packets = packets_by_socket(captures)
+
+    def name(k):
+        role = "server" if k[2] in server_ports else "client" if k[4] in server_ports else "socket"
+        return f"{role} {fmt_sock(k)}"
+
     by_sock = collections.defaultdict(list)
     for o in lines:
-        if o["event"] == "lost":
-            continue
-        k = sock_key(o["netns"], o["laddr"], o["lport"], o["raddr"], o["rport"])
-        by_sock[k].append(o)
-        if o["event"] == "close":
-            closes[k].append(o)
-        elif o["event"] in PACKET_EVENTS:
-            got[(k, o["dir"])][(o["size"], o["payload"])] += 1
-    mism = []
-    for key in sorted(set(want) | set(got), key=lambda x: (x[0], x[1])):
-        w, g = want.get(key, collections.Counter()), got.get(key, collections.Counter())
-        if w != g:
-            k, d = key
-            missing, extra = w - g, g - w
-            flags = _labels(((p.size, p.payload), p.flags or ".") for p in packets.get(k, {}).get(d, []))
-            events = _labels(((o["size"], o["payload"]), o["event"]) for o in by_sock.get(k, [])
-                             if o.get("dir") == d and o["event"] in PACKET_EVENTS)
+        if o["event"] != "lost":
+            by_sock[sock_key(o["netns"], o["laddr"], o["lport"], o["raddr"], o["rport"])].append(o)
+    hs, mism, bad = [], [], []
+    for k in sorted(set(packets) | set(by_sock)):
+        pk = packets.get(k, {"out": [], "in": []})
+        mine = by_sock.get(k, [])
+        problems_hs, used = handshake(pk, mine)
+        hs += [f"{name(k)}: {p}" for p in problems_hs]
+        used = {id(p) for p in used}
+        for d in ("out", "in"):
+            rest = [p for p in pk[d] if id(p) not in used]
+            other = [o for o in mine if o["dir"] == d and o["event"] in ("send", "recv", "reset")]
+            w = collections.Counter((p.size, p.payload) for p in rest)
+            g = collections.Counter((o["size"], o["payload"]) for o in other)
+            if w == g:
+                continue
+            flags = _labels(((p.size, p.payload), p.flags or ".") for p in rest)
+            events = _labels(((o["size"], o["payload"]), o["event"]) for o in other)
             mism.append(
-                f"{fmt_sock(k)} {d}: capture {sum(w.values())} packets/{sum(s * n for (_, s), n in w.items())} B "
-                f"payload, tracer {sum(g.values())} lines/{sum(s * n for (_, s), n in g.items())} B; "
-                f"missing from the lines (size/payload flags): [{_sizes(missing, flags)}]; "
-                f"extra lines (size/payload event): [{_sizes(extra, events)}]")
-    hs = []
-    for k in sorted(packets):
-        hs += [f"{fmt_sock(k)}: {p}" for p in handshake(packets[k], by_sock.get(k, []))]
-    if hs:
-        problems.append(f"{len(hs)} handshake lines disagree with the capture:\n  " + "\n  ".join(hs[:max_examples])
-                        + ("\n  ..." if len(hs) > max_examples else ""))
-    if mism:
-        problems.append(f"{len(mism)} socket directions disagree with the capture:\n  " +
-                        "\n  ".join(mism[:max_examples]) + ("\n  ..." if len(mism) > max_examples else ""))
-    # close totals
-    bad = []
-    for k in sorted(packets):
-        tx, rx = unique_payload(packets[k]["out"]), unique_payload(packets[k]["in"])
-        cl = closes.get(k, [])
-        fate = refused(packets[k])
-        if fate == "closed port":        # no socket: the kernel answered a SYN with a RST
+                f"{name(k)} {d}: capture {len(rest)} packets/{sum(p.payload for p in rest)} B payload, tracer "
+                f"{len(other)} lines/{sum(o['payload'] for o in other)} B; missing from the lines (size/payload "
+                f"flags): [{_sizes(w - g, flags)}]; extra lines (size/payload event): [{_sizes(g - w, events)}]")
+        # close totals
+        tx, rx = unique_payload(pk["out"]), unique_payload(pk["in"])
+        cl = [o for o in mine if o["event"] == "close"]
+        fate = refused(pk)
+        if not pk["out"] and not pk["in"]:
             if cl:
-                bad.append(f"{fmt_sock(k)}: close line(s) for a closed port's RST: {cl}")
-            continue
-        if fate == "refused" and not cl:  # a refused connect may be summarised or not
-            continue
-        if len(cl) != 1:
-            bad.append(f"{fmt_sock(k)}: {len(cl)} close lines (capture payload tx {tx} rx {rx})")
+                bad.append(f"{name(k)}: close line for a socket the capture never saw: {cl}")
+        elif fate == "closed port":        # no socket: the kernel answered a SYN with a RST
+            if cl:
+                bad.append(f"{name(k)}: close line(s) for a closed port's RST: {cl}")
+        elif fate == "refused" and not cl:  # a refused connect may be summarised or not
+            pass
+        elif len(cl) != 1:
+            bad.append(f"{name(k)}: {len(cl)} close lines (capture payload tx {tx} rx {rx})")
         elif (cl[0]["tx_bytes"], cl[0]["rx_bytes"]) != (tx, rx):
-            bad.append(f"{fmt_sock(k)}: close says tx {cl[0]['tx_bytes']} rx {cl[0]['rx_bytes']}, "
+            bad.append(f"{name(k)}: close says tx {cl[0]['tx_bytes']} rx {cl[0]['rx_bytes']}, "
                        f"capture tx {tx} rx {rx}")
-    for k in sorted(set(closes) - set(packets)):
-        bad.append(f"{fmt_sock(k)}: close line for a socket the capture never saw: {closes[k]}")
-    if bad:
-        problems.append(f"{len(bad)} close lines disagree with the capture:\n  " + "\n  ".join(bad[:max_examples])
-                        + ("\n  ..." if len(bad) > max_examples else ""))
-    if not want:
+    problems += _section("handshakes disagree with the capture (connect/accept lines)", hs, max_examples)
+    problems += _section("socket directions disagree with the capture (send/recv/reset lines vs the other "
+                         "packets)", mism, max_examples)
+    problems += _section("close lines disagree with the capture", bad, max_examples)
+    if not packets:
         problems.append("the capture saw no packets")
     return problems
 

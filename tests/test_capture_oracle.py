@@ -106,9 +106,9 @@ def sides(port, client, acceptor, server):
     return expected
 
 
-def check(t, caps, expected, events):
+def check(t, caps, port, expected, events):
     """The oracle and the attribution on the CLI's JSON lines, reported together; then API == CLI."""
-    problems = oracle(caps, t.cli_events) + attribution(t.cli_events, expected)
+    problems = oracle(caps, t.cli_events, server_ports=(port,)) + attribution(t.cli_events, expected)
     assert not problems, report(problems)
     t.same_in_cli(events)
 
@@ -190,7 +190,7 @@ def test_curl_http_server(no_leaks, workdir, net, family):
             events = t.finish(both_closed(port))
     assert (code, body) == (200, size)
     server = (srv.pid, nobody()[0], "python3")
-    check(t, caps, sides(port, (cpid, 0, "curl"), server, server), events)
+    check(t, caps, port, sides(port, (cpid, 0, "curl"), server, server), events)
 
 
 # ---- nginx, several workers ----------------------------------------------------------------------------
@@ -232,7 +232,7 @@ def test_nginx_workers(no_leaks, workdir, net):
 
     def worker(o):
         return (served[o["rport"]], www, "nginx")
-    check(t, caps, sides(port, lambda o: clients[o["lport"]], worker, worker), events)
+    check(t, caps, port, sides(port, lambda o: clients[o["lport"]], worker, worker), events)
 
 
 # ---- many busy connections at once ---------------------------------------------------------------------
@@ -249,7 +249,7 @@ def test_many_concurrent_connections(no_leaks, net):
         s.wait()
         events = t.finish(both_closed(s.port, n))
     srv, cli = (s.pids["tmsrv"], 0, "tmsrv"), (c.pids["tmcli"], 0, "tmcli")
-    check(t, caps, sides(s.port, cli, srv, srv), events)
+    check(t, caps, s.port, sides(s.port, cli, srv, srv), events)
 
 
 # ---- bulk: GSO super-packets ---------------------------------------------------------------------------
@@ -264,7 +264,7 @@ def test_bulk_transfer(no_leaks, net):
         s.wait(timeout=60)
         events = t.finish(both_closed(s.port), limit=60)
     srv, cli = (s.pids["tsrv"], 0, "tsrv"), (c.pids["tcli"], 0, "tcli")
-    check(t, caps, sides(s.port, cli, srv, srv), events)
+    check(t, caps, s.port, sides(s.port, cli, srv, srv), events)
 
 
 # ---- openbsd-inetd nowait: the child execs cat ---------------------------------------------------------
@@ -292,7 +292,7 @@ def test_inetd_nowait_cat(no_leaks, workdir, net):
     with open(pidfile) as f:
         assert int(f.read()) == child[0]
     assert child[1:] == (nobody()[0], "cat")
-    check(t, caps, sides(port, (c.pids["tcli"], 0, "tcli"), (srv.pid, 0, "inetd"), child), events)
+    check(t, caps, port, sides(port, (c.pids["tcli"], 0, "tcli"), (srv.pid, 0, "inetd"), child), events)
 
 
 # ---- socat fork ----------------------------------------------------------------------------------------
@@ -316,7 +316,7 @@ def test_socat_fork(no_leaks, workdir, net):
             events = t.finish(both_closed(port))
     with open(pidfile) as f:
         assert int(f.read()) == forked[0]
-    check(t, caps, sides(port, (c.pids["tcli"], 0, "tcli"), (srv.pid, 0, "socat"), forked), events)
+    check(t, caps, port, sides(port, (c.pids["tcli"], 0, "tcli"), (srv.pid, 0, "socat"), forked), events)
 
 
 # ---- fd hand-off over a unix socket --------------------------------------------------------------------
@@ -335,7 +335,8 @@ def test_fd_passed_over_unix_socket(no_leaks, net):
         s.wait()
         events = t.finish(both_closed(s.port))
     assert receiver == (s.pids["trecv"], 0, "trecv")
-    check(t, caps, sides(s.port, (c.pids["tcli"], 0, "tcli"), (s.pids["tpass"], 0, "tpass"), receiver), events)
+    check(t, caps, s.port, sides(s.port, (c.pids["tcli"], 0, "tcli"), (s.pids["tpass"], 0, "tpass"), receiver),
+          events)
 
 
 # ---- a connection opened before the tracer started -----------------------------------------------------
@@ -352,7 +353,7 @@ def test_connection_opened_before_tracer(no_leaks, net):
         s.wait()
         events = t.finish(both_closed(s.port))
     srv, cli = (s.pids["tsrv"], 0, "tsrv"), (c.pids["tpre"], 0, "tpre")
-    check(t, caps, sides(s.port, cli, srv, srv), events)
+    check(t, caps, s.port, sides(s.port, cli, srv, srv), events)
 
 
 # ---- a SYN to a closed port ----------------------------------------------------------------------------
@@ -370,4 +371,97 @@ def test_closed_port(no_leaks, net, family):
         events = t.finish(lambda evs: [e.event for e in evs if e.lport == port] == ["recv", "reset"] and
                           any(e.event == "reset" and e.pid == p.pid for e in evs))
     assert p.returncode == 7                  # CURLE_COULDNT_CONNECT
-    check(t, caps, sides(port, (p.pid, 0, "curl"), (0, 0, ""), (0, 0, "")), events)
+    check(t, caps, port, sides(port, (p.pid, 0, "curl"), (0, 0, ""), (0, 0, "")), events)
+
+
+# ---- the oracle itself (no kernel) ---------------------------------------------------------------------
+def _ipv4_tcp(src, dst, sport, dport, seq, flags, payload, tot_len=None, options=b""):
+    import socket
+    import struct
+    fl = sum(1 << "FSRPAUEC".index(c) for c in flags)
+    tcp = struct.pack(">HHIIBBHHH", sport, dport, seq, 0, (5 + len(options) // 4) << 4, fl, 65535, 0, 0) + options
+    n = 20 + len(tcp) + payload
+    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, n if tot_len is None else tot_len, 0, 0, 64, 6, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    return ip + tcp, n
+
+
+def _pcap(path, linktype, frames, nano=False, big_endian=False):
+    """Write frames [(ip_bytes, ip_len_on_wire)] as a pcap with a 40-byte snap length."""
+    import struct
+    e = ">" if big_endian else "<"
+    with open(path, "wb") as f:
+        f.write(struct.pack(e + "IHHiIII", 0xA1B23C4D if nano else 0xA1B2C3D4, 2, 4, 0, 0, 40 + 20, linktype))
+        for i, (ip, n) in enumerate(frames):
+            if linktype == 1:
+                hdr = b"\0" * 12 + b"\x08\x00"
+            else:                       # LINUX_SLL2: protocol, reserved, ifindex, hatype, pkttype, halen, addr
+                hdr = b"\x08\x00" + b"\0" * 18
+            data = (hdr + ip)[:len(hdr) + 40 + 20]
+            f.write(struct.pack(e + "IIII", 1, i, len(data), len(hdr) + n))
+            f.write(data)
+
+
+class _Cap:
+    def __init__(self, packets, local=("127.0.0.1",), netns=7):
+        self.packets, self.local, self.netns = packets, set(local), netns
+
+
+def _line(event, d, laddr, lport, raddr, rport, size, payload, **kw):
+    return dict(event=event, dir=d, laddr=laddr, lport=lport, raddr=raddr, rport=rport, size=size,
+                payload=payload, netns=7, pid=1, uid=0, comm="x", **kw)
+
+
+@pytest.mark.parametrize("linktype,nano,big", [(1, False, False), (276, True, False), (276, False, True)])
+def test_pcap_reader(tmp_path, linktype, nano, big):
+    from capture import read_pcap
+    syn = _ipv4_tcp("10.0.0.1", "10.0.0.2", 1000, 80, 5, "S", 0, options=b"\x02\x04\x05\xb4" + b"\x01" * 16)
+    gso = _ipv4_tcp("10.0.0.1", "10.0.0.2", 1000, 80, 6, "PA", 130_000, tot_len=0)     # BIG TCP: length 0
+    path = str(tmp_path / "t.pcap")
+    _pcap(path, linktype, [syn, gso], nano=nano, big_endian=big)
+    a, b = read_pcap(path)
+    assert (a.src, a.sport, a.dst, a.dport, a.size, a.payload, a.flags, a.seq) == \
+        ("10.0.0.1", 1000, "10.0.0.2", 80, 74, 0, "S", 5)
+    assert (b.size, b.payload, b.flags) == (130_000 + 54, 130_000, "PA")
+    assert abs((b.ts - a.ts) - (1e-9 if nano else 1e-6)) < 1e-12
+
+
+def test_unique_payload_counts_retransmissions_once():
+    from capture import Packet, unique_payload
+    base = 0xFFFFFFF0                 # the sequence numbers wrap past 0
+    pk = [Packet(0, "a", 1, "b", 2, 0, 0, base, "S"), Packet(0, "a", 1, "b", 2, 0, 100, base + 1, "PA"),
+          Packet(0, "a", 1, "b", 2, 0, 100, base + 1, "PA"),                  # retransmitted
+          Packet(0, "a", 1, "b", 2, 0, 50, (base + 101) & 0xFFFFFFFF, "FPA")]
+    assert unique_payload(pk) == 150
+
+
+def test_oracle_agrees_and_reports_mismatches():
+    from capture import Packet
+    L, C, S = "127.0.0.1", 40000, 80
+    pk = [Packet(1, L, C, L, S, 74, 0, 0, "S"), Packet(2, L, S, L, C, 74, 0, 0, "SA"),
+          Packet(3, L, C, L, S, 66, 0, 1, "A"), Packet(4, L, C, L, S, 166, 100, 1, "PA"),
+          Packet(5, L, S, L, C, 66, 0, 1, "A"), Packet(6, L, C, L, S, 166, 100, 1, "PA")]   # a retransmission
+    cli = [_line("connect", "out", L, C, L, S, 74, 0), _line("send", "out", L, C, L, S, 66, 0),
+           _line("send", "out", L, C, L, S, 166, 100), _line("send", "out", L, C, L, S, 166, 100),
+           _line("recv", "in", L, C, L, S, 74, 0), _line("recv", "in", L, C, L, S, 66, 0),
+           _line("close", "out", L, C, L, S, 0, 0, tx_bytes=100, rx_bytes=0)]
+    srv = [_line("accept", "in", L, S, L, C, 74, 0), _line("accept", "out", L, S, L, C, 74, 0),
+           _line("accept", "in", L, S, L, C, 66, 0), _line("recv", "in", L, S, L, C, 166, 100),
+           _line("recv", "in", L, S, L, C, 166, 100), _line("send", "out", L, S, L, C, 66, 0),
+           _line("close", "out", L, S, L, C, 0, 0, tx_bytes=0, rx_bytes=100)]
+    assert oracle([_Cap(pk)], cli + srv, server_ports=(S,)) == []
+    # today's kind of mismatch: 54-byte handshake lines, one segment missing, a close total off
+    bad = [dict(o, size=54) if o["event"] in ("connect", "accept") else o for o in cli + srv]
+    bad.remove(srv[4])
+    bad[-1] = dict(srv[-1], rx_bytes=200)
+    text = report(oracle([_Cap(pk)], bad, server_ports=(S,)))
+    assert "client 127.0.0.1:40000->127.0.0.1:80 (netns 7): connect line(s) (size, payload) [(54, 0)], " \
+           "capture's SYN [(74, 0)]" in text, text
+    assert "capture's SYN, SYN-ACK, ACK [('in', 74, 0), ('out', 74, 0), ('in', 66, 0)]" in text, text
+    assert "server 127.0.0.1:80->127.0.0.1:40000 (netns 7) in: capture 2 packets/200 B payload, tracer 1 " \
+           "lines/100 B; missing from the lines (size/payload flags): [166/100 PA]; extra lines" in text, text
+    assert "close says tx 0 rx 200, capture tx 0 rx 100" in text, text
+    # a lost line fails; owners are checked line by line
+    assert "lost" in report(oracle([_Cap(pk)], cli + srv + [{"event": "lost", "count": 1}]))
+    wrong = attribution(cli + srv, lambda o: (1, 0, "x") if o["lport"] == C else (2, 0, "y"))
+    assert len(wrong) == 1 and wrong[0].startswith("7 of 14 lines name the wrong owner")
