@@ -56,11 +56,11 @@ def send_all(sock, n):
         left -= sock.send(block[:min(left, len(block))])
 
 
-def listener(fam, host, port):
+def listener(fam, host, port, backlog=16):
     s = socket.socket(family_of(fam), socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((host, int(port)))
-    s.listen(16)
+    s.listen(backlog)
     say(f"LISTEN {s.getsockname()[1]}")
     return s
 
@@ -121,7 +121,7 @@ def run_all(target, argsets):
 
 def mserver(name, fam, host, port, n, nrecv, nsend):
     set_name(name)
-    ls = listener(fam, host, port)
+    ls = listener(fam, host, port, backlog=int(n))    # all N at once: a full queue would drop SYNs
     conns = []
     for _ in range(int(n)):
         conns.append(ls.accept()[0])

@@ -171,19 +171,24 @@ def as_nobody():
 
 
 # ---- curl against python http.server -----------------------------------------------------------------
-@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("family", [4, 6, "mapped"])
 def test_curl_http_server(no_leaks, workdir, net, family):
+    """curl fetches a file from `python3 -m http.server` running as nobody; "mapped": the server listens on
+    :: (dual stack) and curl connects over IPv4, so the server's socket has IPv4-mapped IPv6 addresses,
+    which the tracer reports as IPv4, as the wire (and the capture) has them."""
     curl_bin = need("curl", "curl")
+    bind = "::" if family == "mapped" else net.addr[family]
+    family, listen_family = (4, 6) if family == "mapped" else (family, family)
     need(SYSTEM_PYTHON, "python3")
     size = 150_001
     with open(os.path.join(workdir, "file.bin"), "wb") as f:
         f.write(os.urandom(size))
     os.chmod(os.path.join(workdir, "file.bin"), 0o644)
     port = free_port()
-    cmd = [*net.srv_prefix, *as_nobody(), SYSTEM_PYTHON, "-m", "http.server", "--bind", net.addr[family],
+    cmd = [*net.srv_prefix, *as_nobody(), SYSTEM_PYTHON, "-m", "http.server", "--bind", bind,
            "--directory", workdir, str(port)]
     with daemon(cmd, workdir, "http.server") as srv:
-        srv.wait_listening(port, family)
+        srv.wait_listening(port, listen_family)
         with net.capture(port) as caps, net.trace(port) as t:
             cpid, [(req, hdr, body, lport, code)] = curl(curl_bin, f"http://{net.url_host(family)}:{port}/file.bin",
                                                          prefix=net.cli_prefix)
@@ -395,6 +400,8 @@ def _pcap(path, linktype, frames, nano=False, big_endian=False):
         for i, (ip, n) in enumerate(frames):
             if linktype == 1:
                 hdr = b"\0" * 12 + b"\x08\x00"
+            elif linktype == 113:         # LINUX_SLL: pkttype, hatype, halen, addr[8], protocol
+                hdr = b"\0" * 14 + b"\x08\x00"
             else:                       # LINUX_SLL2: protocol, reserved, ifindex, hatype, pkttype, halen, addr
                 hdr = b"\x08\x00" + b"\0" * 18
             data = (hdr + ip)[:len(hdr) + 40 + 20]
@@ -412,7 +419,8 @@ def _line(event, d, laddr, lport, raddr, rport, size, payload, **kw):
                 payload=payload, netns=7, pid=1, uid=0, comm="x", **kw)
 
 
-@pytest.mark.parametrize("linktype,nano,big", [(1, False, False), (276, True, False), (276, False, True)])
+@pytest.mark.parametrize("linktype,nano,big", [(1, False, False), (113, False, False), (276, True, False),
+                                               (276, False, True)])
 def test_pcap_reader(tmp_path, linktype, nano, big):
     from capture import read_pcap
     syn = _ipv4_tcp("10.0.0.1", "10.0.0.2", 1000, 80, 5, "S", 0, options=b"\x02\x04\x05\xb4" + b"\x01" * 16)

@@ -248,7 +248,7 @@ class Trace:
         """Read the API's events until done(events) holds and nothing new came for `quiet` seconds; then
         stop the CLI (SIGINT, as Ctrl-C) and read its JSON. Returns the API's events (probe excluded) after
         checking that neither lost anything; same_in_cli() then compares the connections under test."""
-        evs, lost = [], 0
+        evs, lost, why = [], 0, collections.Counter()
         deadline = time.monotonic() + limit
         last_new = time.monotonic()
         while time.monotonic() < deadline:
@@ -257,14 +257,16 @@ class Trace:
                 evs.extend(lines)
                 last_new = time.monotonic()
             lost += self.snoop.new_losses()
+            why.update(self.snoop.last_losses)
             if time.monotonic() - last_new > quiet and done(self._events(evs)):
                 break
         evs.extend(self.snoop.drain_lines())
         lost += self.snoop.new_losses()
+        why.update(self.snoop.last_losses)
         self.retransmitted = retrans_segs(self.netns_of) - self.retrans_before
         self.events = self._events(evs)
         assert done(self.events), f"the traffic did not finish within {limit} s: {self.events}"
-        assert lost == 0, f"the API lost {lost} records"
+        assert lost == 0, f"the API lost {lost} records: {dict(why)}"
 
         self.cli.send_signal(signal.SIGINT)
         try:
@@ -275,7 +277,8 @@ class Trace:
         assert self.cli.returncode == 0, err
         assert not [ln for ln in err.splitlines() if not ln.startswith("pytracer: note:")], err
         objs = [json.loads(ln) for ln in self.cli_lines]
-        assert not [o for o in objs if o["event"] == "lost"], "the CLI lost records"
+        assert not [o for o in objs if o["event"] == "lost"], \
+            f"the CLI lost records: {[o for o in objs if o['event'] == 'lost']}"
         self.cli_events = [o for o in objs
                            if self.probe not in (o["lport"], o["rport"]) and o["netns"] in self.netnses]
         return self.events
