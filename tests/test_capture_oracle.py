@@ -11,6 +11,10 @@ the API and checks they agree).
 Target semantics: the connect line is the real SYN; the three accept lines are the real SYN, SYN-ACK and ACK,
 named after the accepting process; every other packet is a send/recv/reset line on each local socket it
 crosses, with the size tcpdump shows (send lines after GSO splitting, where taps see packets).
+
+Run as root: .venv/bin/python -m pytest -q tests/test_capture_oracle.py (needs tcpdump, curl, nginx-light,
+openbsd-inetd, socat; a missing one is a skip, or a failure under PYTRACER_REQUIRE_KERNEL=1). The last tests
+check the oracle itself on synthetic packets and need no kernel.
 """
 import contextlib
 import os
