@@ -1,7 +1,12 @@
 """Real TCP peers for the end-to-end tests, run as separate processes with names of their own.
 
     python peers.py server NAME FAMILY HOST PORT RECV SEND      accept one connection, read RECV, send SEND
-    python peers.py client NAME FAMILY HOST PORT SEND RECV      connect, send SEND, read RECV
+    python peers.py client NAME FAMILY HOST PORT SEND RECV [DELAY]  connect, (wait DELAY s, or with DELAY "go"
+                                                                say "CONNECTED <port>" and wait for a second line
+                                                                on stdin,) send SEND, read RECV
+    python peers.py mserver NAME FAMILY HOST PORT N RECV SEND   accept N connections, serve them all at once
+    python peers.py mclient NAME FAMILY HOST PORT N SEND RECV   open N connections at once, each a client
+    python peers.py preclient NAME FAMILY HOST PORT SEND RECV   connect at once; on "go" send SEND, read RECV
     python peers.py inetd NAME FAMILY HOST PORT HANDLER_NAME RECV SEND   accept, fork+exec a handler on fd 0
     python peers.py handler NAME RECV SEND                      (exec'd by inetd) I/O on fd 0
     python peers.py fdpass NAME FAMILY HOST PORT RECEIVER_NAME RECV SEND accept, pass the fd over a unix socket
@@ -13,6 +18,8 @@ import ctypes
 import os
 import socket
 import sys
+import threading
+import time
 
 PR_SET_NAME = 15
 
@@ -49,11 +56,11 @@ def send_all(sock, n):
         left -= sock.send(block[:min(left, len(block))])
 
 
-def listener(fam, host, port):
+def listener(fam, host, port, backlog=16):
     s = socket.socket(family_of(fam), socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((host, int(port)))
-    s.listen(16)
+    s.listen(backlog)
     say(f"LISTEN {s.getsockname()[1]}")
     return s
 
@@ -67,18 +74,80 @@ def server(name, fam, host, port, nrecv, nsend):
     set_name(name)
     ls = listener(fam, host, port)
     c, _ = ls.accept()
+    serve_one(c, nrecv, nsend)
+    ls.close()
+
+
+def client(name, fam, host, port, nsend, nrecv, delay="0"):
+    set_name(name)
+    wait_go()
+    c = socket.create_connection((host, int(port)))
+    if delay == "go":                 # the test says when: e.g. once an inetd-style server has handed it over
+        say(f"CONNECTED {c.getsockname()[1]}")
+        wait_go()
+    elif float(delay):
+        time.sleep(float(delay))
+    send_all(c, int(nsend))
+    recv_exactly(c, int(nrecv))
+    c.close()
+
+
+def serve_one(c, nrecv, nsend):
     recv_exactly(c, int(nrecv))
     send_all(c, int(nsend))
     c.shutdown(socket.SHUT_WR)
     recv_exactly(c, 1)   # wait for the peer's FIN
     c.close()
+
+
+def run_all(target, argsets):
+    """Run target(*args) for every args in a thread of its own (they inherit the task name); wait for all."""
+    errors = []
+
+    def run(*args):
+        try:
+            target(*args)
+        except BaseException as e:  # noqa: BLE001 - reported by the exit status
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=a) for a in argsets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def mserver(name, fam, host, port, n, nrecv, nsend):
+    set_name(name)
+    ls = listener(fam, host, port, backlog=int(n))    # all N at once: a full queue would drop SYNs
+    conns = []
+    for _ in range(int(n)):
+        conns.append(ls.accept()[0])
     ls.close()
+    run_all(serve_one, [(c, nrecv, nsend) for c in conns])
 
 
-def client(name, fam, host, port, nsend, nrecv):
+def mclient(name, fam, host, port, n, nsend, nrecv):
     set_name(name)
     wait_go()
+    conns = [socket.create_connection((host, int(port))) for _ in range(int(n))]
+
+    def one(c):
+        send_all(c, int(nsend))
+        recv_exactly(c, int(nrecv))
+        c.close()
+
+    run_all(one, [(c,) for c in conns])
+
+
+def preclient(name, fam, host, port, nsend, nrecv):
+    """A client whose connection is open before the test traces it: connect at once, then send on "go"."""
+    set_name(name)
     c = socket.create_connection((host, int(port)))
+    say(f"CONNECTED {c.getsockname()[1]}")
+    wait_go()
     send_all(c, int(nsend))
     recv_exactly(c, int(nrecv))
     c.close()
@@ -135,4 +204,5 @@ def fdpass(name, fam, host, port, receiver_name, nrecv, nsend):
 
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
-    {"server": server, "client": client, "inetd": inetd, "handler": handler, "fdpass": fdpass}[mode](*args)
+    {"server": server, "client": client, "inetd": inetd, "handler": handler, "fdpass": fdpass, "mserver": mserver,
+     "mclient": mclient, "preclient": preclient}[mode](*args)

@@ -177,11 +177,13 @@ class Trace:
 
     The CLI prints no header in JSON mode; it is attached once it reports a probe connection to a closed
     port (more robust than sleeping: a cold start relocates the programs, which takes longer). Only lines
-    of the network namespace of `netns_of` (a pid) are kept, and the probe's are dropped."""
+    of the network namespace of `netns_of` (a pid) and of `also_netns` (inodes) are kept, and the probe's are
+    dropped."""
 
-    def __init__(self, *ports, netns_of="self"):
+    def __init__(self, *ports, netns_of="self", also_netns=()):
         self.ports = ports
         self.netns_of = netns_of
+        self.also_netns = set(also_netns)
         self.retransmitted = None
         self.probe = free_port()
         self.snoop = None
@@ -195,6 +197,7 @@ class Trace:
         self.retrans_before = retrans_segs(self.netns_of)
         # other programs on this host may use the same port numbers in other network namespaces
         self.netns = os.stat(f"/proc/{self.netns_of}/ns/net").st_ino
+        self.netnses = {self.netns} | self.also_netns
         self.snoop = TcpSnoop(ports=[*self.ports, self.probe]).start()
         args = ["-j"]
         for p in (*self.ports, self.probe):
@@ -244,7 +247,7 @@ class Trace:
         """Read the API's events until done(events) holds and nothing new came for `quiet` seconds; then
         stop the CLI (SIGINT, as Ctrl-C) and read its JSON. Returns the API's events (probe excluded) after
         checking that neither lost anything; same_in_cli() then compares the connections under test."""
-        evs, lost = [], 0
+        evs, lost, why = [], 0, collections.Counter()
         deadline = time.monotonic() + limit
         last_new = time.monotonic()
         while time.monotonic() < deadline:
@@ -253,14 +256,16 @@ class Trace:
                 evs.extend(lines)
                 last_new = time.monotonic()
             lost += self.snoop.new_losses()
+            why.update(self.snoop.last_losses)
             if time.monotonic() - last_new > quiet and done(self._events(evs)):
                 break
         evs.extend(self.snoop.drain_lines())
         lost += self.snoop.new_losses()
+        why.update(self.snoop.last_losses)
         self.retransmitted = retrans_segs(self.netns_of) - self.retrans_before
         self.events = self._events(evs)
         assert done(self.events), f"the traffic did not finish within {limit} s: {self.events}"
-        assert lost == 0, f"the API lost {lost} records"
+        assert lost == 0, f"the API lost {lost} records: {dict(why)}"
 
         self.cli.send_signal(signal.SIGINT)
         try:
@@ -271,9 +276,10 @@ class Trace:
         assert self.cli.returncode == 0, err
         assert not [ln for ln in err.splitlines() if not ln.startswith("pytracer: note:")], err
         objs = [json.loads(ln) for ln in self.cli_lines]
-        assert not [o for o in objs if o["event"] == "lost"], "the CLI lost records"
+        assert not [o for o in objs if o["event"] == "lost"], \
+            f"the CLI lost records: {[o for o in objs if o['event'] == 'lost']}"
         self.cli_events = [o for o in objs
-                           if self.probe not in (o["lport"], o["rport"]) and o["netns"] == self.netns]
+                           if self.probe not in (o["lport"], o["rport"]) and o["netns"] in self.netnses]
         return self.events
 
     def same_in_cli(self, lines):
@@ -286,7 +292,7 @@ class Trace:
         assert api == cli, f"API and CLI disagree:\nAPI only: {api - cli}\nCLI only: {cli - api}"
 
     def _events(self, lines):
-        return [e for e in map(Event, lines) if self.probe not in (e.lport, e.rport) and e.netns == self.netns]
+        return [e for e in map(Event, lines) if self.probe not in (e.lport, e.rport) and e.netns in self.netnses]
 
 
 # ---- what a connection must look like ------------------------------------------------------------------
@@ -427,13 +433,13 @@ def test_curl_python_http_server(kernel, no_leaks, workdir):
 NGINX_CONF = """
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {workers};
 user www-data;
 pid {d}/nginx.pid;
 error_log {d}/nginx-error.log;
 events {{ worker_connections 64; }}
 http {{
-    access_log off;
+    {access_log}
     {http_extra}
     client_body_temp_path {d}/body;
     proxy_temp_path {d}/proxy;
@@ -449,27 +455,31 @@ http {{
 
 
 @contextlib.contextmanager
-def nginx(workdir, family, port, listen_opts="", prefix=(), http_extra=""):
-    """nginx-light on loopback serving workdir/www, started by root, one worker running as www-data:
-    yields (master Daemon, worker pid)."""
+def nginx(workdir, family, port, listen_opts="", prefix=(), http_extra="", workers=1, host=None,
+          access_log="access_log off;"):
+    """nginx-light on loopback (or `host`) serving workdir/www, started by root, `workers` workers running as
+    www-data: yields (master Daemon, a worker's pid); master.workers lists them all."""
     nginx_bin = need("nginx", "nginx-light")
-    listen = (f"127.0.0.1:{port}" if family == 4 else f"[::1]:{port}") + listen_opts
+    host = host or LOOPBACK[family]
+    listen = (f"{host}:{port}" if family == 4 else f"[{host}]:{port}") + listen_opts
     conf = os.path.join(workdir, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(d=workdir, listen=listen, http_extra=http_extra))
+        f.write(NGINX_CONF.format(d=workdir, listen=listen, http_extra=http_extra, workers=workers,
+                                  access_log=access_log))
     cmd = [*prefix, nginx_bin, "-p", workdir, "-c", conf, "-e", os.path.join(workdir, "nginx-error.log")]
     with daemon(cmd, workdir, "nginx") as master:
         master.wait_listening(port, family)
         deadline = time.monotonic() + 10
         while True:
             www_data = (pwd.getpwnam("www-data").pw_uid, "nginx")
-            workers = [c for c in children(master.pid) if (proc_status(c) or (0,))[1:] == www_data]
-            if workers:
+            found = [c for c in children(master.pid) if (proc_status(c) or (0,))[1:] == www_data]
+            if len(found) >= workers:
                 break
             if time.monotonic() > deadline:
                 pytest.fail(f"no nginx worker running as www-data: {master.log_text()}")
             time.sleep(0.02)
-        yield master, workers[0]
+        master.workers = found
+        yield master, found[0]
 
 
 def web_root(workdir, sizes):

@@ -57,8 +57,11 @@ def server(name, fam, host, recv, send, mode="server", extra=(), netns=None, por
     return s
 
 
-def client(name, fam, host, port, send, recv, netns=None, prefix=()):
-    c = Peer("client", name, fam, host, port, send, recv, netns=netns, prefix=prefix)
+def client(name, fam, host, port, send, recv, netns=None, prefix=(), delay=None):
+    """A client peer, started; it connects on go(), and sends `delay` seconds after connecting if given (with
+    delay="go": it says CONNECTED and sends on a second go())."""
+    extra = () if delay is None else (delay,)
+    c = Peer("client", name, fam, host, port, send, recv, *extra, netns=netns, prefix=prefix)
     c.read_until("PID")
     return c
 
