@@ -191,33 +191,31 @@ struct task_struct {
 } __pa;
 
 /* ---- BPF iterator contexts (kernel/bpf/task_iter.c, net/ipv4/tcp_ipv4.c) ------- */
+struct seq_file;
+
 struct bpf_iter_meta {
-	void *seq;
+	struct seq_file *seq;
 	__u64 session_id;
-	__u64 seq_num;
+	__u64 seq_num;		/* 0 for the first object of a run */
+} __pa;
+
+/* Every object pointer below is NULL in the one extra call the kernel makes after the last object. */
+struct bpf_iter__task {
+	struct bpf_iter_meta *meta;
+	struct task_struct *task;
 } __pa;
 
 struct bpf_iter__task_file {
-	union {
-		struct bpf_iter_meta *meta;
-	} __attribute__((aligned(8)));
-	union {
-		struct task_struct *task;
-	} __attribute__((aligned(8)));
+	struct bpf_iter_meta *meta;
+	struct task_struct *task;
 	__u32 fd;
-	union {
-		struct file *file;
-	} __attribute__((aligned(8)));
+	struct file *file;
 } __pa;
 
 struct bpf_iter__tcp {
-	union {
-		struct bpf_iter_meta *meta;
-	} __attribute__((aligned(8)));
-	union {
-		struct sock_common *sk_common;
-	} __attribute__((aligned(8)));
-	__u32 uid;
+	struct bpf_iter_meta *meta;
+	struct sock_common *sk_common;	/* a full sock, a request sock or a timewait sock */
+	__u32 uid;			/* uid_t */
 } __pa;
 
 /* ---- packets ----------------------------------------------------------------- */

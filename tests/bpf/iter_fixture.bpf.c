@@ -10,8 +10,8 @@
  *                                 process; bench/iterator.py times that)
  *   tcp_sockets   iter/tcp        one binary struct tcp_record per TCP socket (bpf_seq_write)
  *
- * Kernel types come from bpf_bytecode/kernel_types.h (CO-RE, preserve_access_index); the iterator
- * context structs below are what a program needs on top of it.
+ * Kernel types, the iterator contexts among them, come from bpf_bytecode/kernel_types.h (CO-RE,
+ * preserve_access_index).
  */
 #include "kernel_types.h"
 #include <linux/bpf.h>
@@ -21,34 +21,6 @@
 #include <bpf/bpf_endian.h>
 
 #define __pa __attribute__((preserve_access_index))
-
-/* ---- iterator contexts (include/linux/bpf.h, kernel/bpf/task_iter.c, net/ipv4/tcp_ipv4.c) ---------- */
-struct seq_file;
-
-struct bpf_iter_meta {
-	struct seq_file *seq;
-	__u64 session_id;
-	__u64 seq_num;		/* 0 for the first object of a run */
-} __pa;
-
-/* Every object pointer below is NULL in the one extra call the kernel makes after the last object. */
-struct bpf_iter__task {
-	struct bpf_iter_meta *meta;
-	struct task_struct *task;
-} __pa;
-
-struct bpf_iter__task_file {
-	struct bpf_iter_meta *meta;
-	struct task_struct *task;
-	__u32 fd;
-	struct file *file;
-} __pa;
-
-struct bpf_iter__tcp {
-	struct bpf_iter_meta *meta;
-	struct sock_common *sk_common;	/* a full sock, a request sock or a timewait sock */
-	__u32 uid;			/* uid_t */
-} __pa;
 
 /* More of task_struct than kernel_types.h declares, under a flavour name (CO-RE matches task_struct). */
 struct task_struct___iter {
