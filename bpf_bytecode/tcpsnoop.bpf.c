@@ -665,13 +665,15 @@ static __always_inline void adopt(__u64 skp, struct sock_info *si, int accepted)
 		attr = ATTR_DISCARD;
 	}
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (e && type == EV_ACCEPT)
-		o.flags |= SI_ACCEPT_SHOWN;
-	publish_owner(si, &o);
 	if (!e) {
+		publish_owner(si, &o);
 		count_lost();
 		return;
 	}
+	/* (one null test: older verifiers lose the reservation across a combined one) */
+	if (type == EV_ACCEPT)
+		o.flags |= SI_ACCEPT_SHOWN;
+	publish_owner(si, &o);
 	tuple_to_pkt(&si->tuple, &p);
 	fill_event(e, skp, si, &o, &p, type, DIR_RECEIVED, attr);
 	bpf_ringbuf_submit(e, 0);
