@@ -529,6 +529,26 @@ def startup_sockets_section(ss):
                "and a lookup per socket, no inserts); objects visited and the BPF programs' own run time from "
                "the kernel's BPF statistics (BPF_ENABLE_STATS, on only in a separate child per visit; the rest "
                "of a pass is the kernel's walk and the read() around it).\n")
+    prof = ss.get("profile") or {}
+    rows = []
+    for name in names:
+        pr = prof.get(name) or {}
+        if pr.get("error"):
+            rows.append([SCENARIO_LABELS.get(name, name).format(n=n), "", "failed: " + pr["error"], ""])
+            continue
+        for prog in ("seed_owners", "seed_sockets"):
+            e = pr.get(prog)
+            if e:
+                rows.append([SCENARIO_LABELS.get(name, name).format(n=n), f"`{prog}`", f(e.get("ms"), "{:.1f}"),
+                             ", ".join(f"{k} {v * 100:.0f}%" for k, v in e["parts"].items() if v >= 0.01)])
+    if rows:
+        out.append("Kernel profile of the pass (`perf record -g` at "
+                   f"{next((p.get('hz') for p in prof.values() if p.get('hz')), '?')} Hz of one more seed child "
+                   "per scenario, after the rounds: its samples in the iterator reads, `bpf_seq_read`, both passes "
+                   "— in start() and again — together; a sample counts in the first part its stack holds, in "
+                   "this order: map inserts, lookups, file_to_tcp_sk, other probe reads, program code, walks):\n")
+        out.append(table(["scenario", "iterator", "ms sampled", "where"], rows))
+        out.append("")
     return out
 
 

@@ -31,7 +31,7 @@ FULL = {
                      "--rates", "20000,50000,100000,150000,200000,0"],
     "overhead": ["overhead.py", "--rounds", "3", "--seconds", "2"],
     "iterator": ["iterator.py", "--rounds", "20", "--pairs", "5000"],
-    "startup_sockets": ["startup_sockets.py", "--rounds", "5", "--runs", "3", "--pairs", "5000"],
+    "startup_sockets": ["startup_sockets.py", "--rounds", "5", "--runs", "3", "--pairs", "5000", "--profile"],
 }
 QUICK = {
     "peers": ["peers_status.py", "--seconds", "3", "--only", "tcpconnect,tcpstates-bpfcc"],

@@ -17,9 +17,10 @@ Per scenario visit, --runs times each (alternated):
 and once per visit a `stats` child: the seed child with the kernel's BPF run-time statistics on
 (BPF_ENABLE_STATS, only while that child runs), for the time spent in the iterator programs themselves
 (run_time_ns), in the first pass and in the second, and how many objects each visited (run_cnt); the rest
-of a pass is the kernel's walk and the read() around it.
+of a pass is the kernel's walk and the read() around it. With --profile, after the rounds, one more seed
+child per scenario under `perf record -g`: the kernel samples in the iterator reads, by part (PROFILE_PARTS).
 
-    python bench/startup_sockets.py [--rounds 5] [--runs 3] [--pairs 5000]      prints JSON
+    python bench/startup_sockets.py [--rounds 5] [--runs 3] [--pairs 5000] [--profile]      prints JSON
 """
 import argparse
 import json
@@ -98,6 +99,62 @@ def child(mode, cache_dir):
     return json.loads(r.stdout)
 
 
+# Where a pass's kernel time goes, from a perf profile of the seed child: a sample in the iterator read
+# (bpf_seq_read) is counted in the first of these its stack holds (any frame; order matters).
+PROFILE_PARTS = (
+    ("LRU map inserts (socks, tuples)", ("htab_lru_map_update_elem", "bpf_lru_", "htab_lru_map_delete_elem")),
+    ("map lookups", ("lookup_elem", "htab_map_hash", "lookup_nulls_elem_raw")),
+    ("file_to_tcp_sk: is this file a TCP socket (probe reads)", ("file_to_tcp_sk",)),
+    ("other probe reads (BPF_CORE_READ of the socket, the task)", ("copy_from_kernel_nofault", "bpf_probe_read")),
+    ("the programs' own code", ("seed_owners", "seed_sockets")),
+    ("task_file: the file-table walk", ("fget_task_next", "task_file_seq", "task_seq_get_next", "fput")),
+    ("tcp: the established-hash walk", ("established_get_", "bpf_iter_tcp", "listening_get_")),
+)
+
+
+def profile(cache_dir, hz=20000):
+    """perf record -g of one seed child (both passes: in start() and again); kernel samples under
+    bpf_seq_read by part, in ms of samples (1/hz each)."""
+    if not shutil.which("perf"):
+        return {"error": "perf is not installed"}
+    work = common.workdir()
+    try:
+        data = os.path.join(work, "perf.data")
+        r = subprocess.run(["perf", "record", "-q", "-F", str(hz), "-g", "-o", data, "--", common.PY,
+                            os.path.abspath(__file__), "--inner", "seed"], env=common.pytracer_env(cache_dir),
+                           capture_output=True, text=True, timeout=120)
+        if r.returncode:
+            return {"error": f"perf record: {r.stderr.strip()[-300:]}"}
+        r = subprocess.run(["perf", "script", "-i", data, "-F", "ip,sym"], capture_output=True, text=True,
+                           timeout=120)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    stacks, cur = [], []
+    for ln in r.stdout.splitlines() + [""]:
+        parts = ln.split(None, 1)
+        if not parts:
+            if cur:
+                stacks.append(cur)
+            cur = []
+        else:
+            cur.append(parts[1] if len(parts) > 1 else "?")
+    res = {"hz": hz}
+    for it, marks in (("seed_sockets", ("bpf_iter_tcp", "seed_sockets")), ("seed_owners", None)):
+        mine = [st for st in stacks if any("bpf_seq_read" in fr for fr in st)]
+        if marks:
+            mine = [st for st in mine if any(m in fr for fr in st for m in marks)]
+        else:
+            mine = [st for st in mine if not any(m in fr for fr in st for m in ("bpf_iter_tcp", "seed_sockets"))]
+        parts = {}
+        for st in mine:
+            label = next((lb for lb, keys in PROFILE_PARTS if any(k in fr for fr in st for k in keys)), "other")
+            parts[label] = parts.get(label, 0) + 1
+        res[it] = {"ms": round(len(mine) * 1000 / hz, 1),
+                   "parts": {k: round(v / len(mine), 3) for k, v in sorted(parts.items(), key=lambda kv: -kv[1])}
+                   if mine else {}}
+    return res
+
+
 def spread(xs):
     xs = sorted(x for x in xs if x is not None)
     if not xs:
@@ -154,6 +211,7 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=3, help="runs of each kind per scenario visit")
     ap.add_argument("--pairs", type=int, default=5000, help="connected TCP pairs held open")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--profile", action="store_true", help="also a perf profile of each scenario's pass")
     ap.add_argument("--inner", choices=("seed", "none", "stats"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     common.need_root()
@@ -187,6 +245,14 @@ def main(argv=None):
                                f"{raw[name]['exec_ms'][-1]:.1f} ms, start {raw[name]['seed'][-1]['start_ms']:.1f}"
                                f" ms (without the pass {raw[name]['none'][-1]['start_ms']:.1f} ms), iterators "
                                + ", ".join(f"{k} {v:.1f} ms" for k, v in raw[name]["seed"][-1]["iterators_ms"].items()))
+            if a.profile:
+                result["profile"] = {}
+                for name in names:
+                    if where[name] is None:
+                        result["profile"][name] = profile(cache_dir)
+                    else:
+                        with common.SocketHolder(a.pairs, where[name] or None):
+                            result["profile"][name] = profile(cache_dir)
     except Exception as e:  # noqa: BLE001 - a bench reports its failure in its JSON
         result["error"] = f"{type(e).__name__}: {e}"
     finally:

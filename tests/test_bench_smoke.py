@@ -164,8 +164,14 @@ def test_iterator_pass(kernel):
 
 
 def test_startup_sockets(kernel):
-    d = bench("startup_sockets.py", "--rounds", "1", "--runs", "1", "--pairs", "50")
+    d = bench("startup_sockets.py", "--rounds", "1", "--runs", "1", "--pairs", "50", "--profile")
     assert "error" not in d, d.get("error")
+    for name, pr in d["profile"].items():
+        if not shutil.which("perf"):
+            assert pr["error"] == "perf is not installed"
+            continue
+        assert "error" not in pr, pr["error"]
+        assert pr["seed_owners"]["ms"] >= 0 and set(pr) == {"hz", "seed_owners", "seed_sockets"}
     assert d["holder_sockets"] == 101 and set(d["summary"]) == {"host", "netns", "hostns"}
     for name, s in d["summary"].items():
         assert s["exec_ms"]["median"] > 0 and s["start_seed_ms"]["median"] > 0 and s["start_none_ms"]["n"] == 1
@@ -182,3 +188,4 @@ def test_startup_sockets(kernel):
     import report
     text = report.render({"sections": {"startup_sockets": d}})
     assert "### Start-up with 100 open sockets" in text and "+ 100 sockets in the host netns" in text
+    assert "Kernel profile of the pass" in text or not shutil.which("perf")
