@@ -179,11 +179,9 @@ def test_startup_sockets(kernel):
         assert set(its) == {"seed_owners", "seed_sockets"}, its
         assert its["seed_owners"]["first_ms"]["median"] > 0 and its["seed_sockets"]["rerun_ms"]["median"] > 0
         assert its["seed_owners"]["visited"] >= (101 if name != "host" else 1)
-    # iter/tcp visits the held sockets only when they are in pytracer's (the host's) namespace
-    assert d["summary"]["hostns"]["iterators"]["seed_sockets"]["visited"] >= \
-        d["summary"]["host"]["iterators"]["seed_sockets"]["visited"] + 101
-    assert d["summary"]["netns"]["iterators"]["seed_sockets"]["visited"] < \
-        d["summary"]["hostns"]["iterators"]["seed_sockets"]["visited"]
+    # iter/tcp visits the held sockets when they are in pytracer's (the host's) namespace (how many other
+    # sockets the host has changes as other work runs: no comparison between scenarios here)
+    assert d["summary"]["hostns"]["iterators"]["seed_sockets"]["visited"] >= 101
     sys.path.insert(0, BENCH)
     import report
     text = report.render({"sections": {"startup_sockets": d}})
