@@ -206,6 +206,77 @@ class IperfServer:
         self.p.wait()
 
 
+# ---- open sockets: a process holding connected loopback pairs -------------------------------------------
+
+# The helper that holds the sockets: a listener and `pairs` connected pairs, accepted as they connect (the
+# backlog stays short), then it waits for stdin to close. It then closes them with SO_LINGER 0 (a reset):
+# no TIME_WAIT sockets are left behind to weigh on the next measurement.
+HOLDER = r"""
+import os, resource, socket, struct, sys
+pairs = int(sys.argv[1])
+need = 2 * pairs + 64
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if soft < need:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, max(hard, need)))
+lst = socket.socket()
+lst.bind(("127.0.0.1", 0))
+lst.listen(1024)
+port = lst.getsockname()[1]
+held = []
+for _ in range(pairs):
+    c = socket.create_connection(("127.0.0.1", port))
+    s, _ = lst.accept()
+    held += (c, s)
+print("READY", os.getpid(), port, len(held) + 1, flush=True)
+sys.stdin.read()
+for s in held:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+"""
+
+
+class SocketHolder:
+    """One process holding `pairs` connected TCP pairs on 127.0.0.1 (2 sockets each, plus its listener) in
+    network namespace `ns` (None: the host's). `.pid`, `.sockets` (sockets it holds, listener included);
+    leaving the context closes them (resets, no TIME_WAIT) and waits for it."""
+
+    def __init__(self, pairs, ns=None):
+        self.pairs, self.ns = pairs, ns
+        self.p = None
+
+    def __enter__(self):
+        self.p = subprocess.Popen(Namespaces.prefix(self.ns) + [PY, "-c", HOLDER, str(self.pairs)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.p.stdout.readline().split()
+        if not line or line[0] != "READY":
+            self.__exit__()
+            raise RuntimeError(f"the socket holder did not start: {line!r}")
+        self.pid, self.port, self.sockets = int(line[1]), int(line[2]), int(line[3])
+        return self
+
+    def __exit__(self, *exc):
+        if self.p is not None:
+            try:
+                self.p.stdin.close()
+                self.p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+            self.p.stdout.close()
+            self.p = None
+
+
+def open_files():
+    """Open file descriptors of every process on the machine (from /proc)."""
+    n = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            n += len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            pass
+    return n
+
+
 # ---- tracers -----------------------------------------------------------------------------------------
 
 LIBBPF_TOOLS = {"tcpstates": "/usr/sbin/tcpstates", "tcplife": "/usr/sbin/tcplife"}

@@ -37,29 +37,6 @@ import common  # noqa: E402
 FIXTURE_C = os.path.join(common.ROOT, "tests", "bpf", "iter_fixture.bpf.c")
 TCP_RECORD = struct.Struct("<HHHBBI")    # the fixture's struct tcp_record
 
-# The helper that holds the sockets: a listener and `pairs` connected pairs, accepted as they connect (the
-# backlog stays short), then it waits for stdin to close.
-HOLDER = r"""
-import os, resource, socket, sys
-pairs = int(sys.argv[1])
-need = 2 * pairs + 64
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-if soft < need:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (need, max(hard, need)))
-lst = socket.socket()
-lst.bind(("127.0.0.1", 0))
-lst.listen(1024)
-port = lst.getsockname()[1]
-held = []
-for _ in range(pairs):
-    c = socket.create_connection(("127.0.0.1", port))
-    s, _ = lst.accept()
-    held += (c, s)
-print("READY", os.getpid(), port, len(held) + 1, flush=True)
-sys.stdin.read()
-"""
-
-
 def build(out_dir):
     clang = shutil.which("clang-16")
     if clang is None:
@@ -70,16 +47,6 @@ def build(out_dir):
                     "-I" + os.path.join(common.ROOT, "bpf_bytecode"), "-c", FIXTURE_C, "-o", out],
                    check=True, capture_output=True, text=True)
     return out
-
-
-def open_files():
-    n = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            n += len(os.listdir(f"/proc/{pid}/fd"))
-        except OSError:
-            pass
-    return n
 
 
 def timed(fn, rounds):
@@ -101,7 +68,7 @@ def scenario(obj_path, rounds, holder_pid):
     from pytracer import iterator
     from pytracer.loader import BPFObject
 
-    res = {"open_files": open_files()}
+    res = {"open_files": common.open_files()}
     t = time.perf_counter()
     obj = BPFObject(obj_path, rodata={"target_tgid": 0}, programs=["socket_fds", "count_tasks"], use_cache=False)
     res["load_ms"] = round((time.perf_counter() - t) * 1000, 1)
@@ -163,23 +130,14 @@ def main(argv=None):
         if a.pairs:
             with common.Namespaces() as ns:
                 common.log(f"iterator: {a.pairs} connected pairs held by one process in netns {ns.lo}")
-                holder = subprocess.Popen(ns.prefix(ns.lo) + [common.PY, "-c", HOLDER, str(a.pairs)],
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                try:
-                    line = holder.stdout.readline().split()
-                    if not line or line[0] != "READY":
-                        raise RuntimeError(f"the socket holder did not start: {line!r}")
-                    pid, sockets = int(line[1]), int(line[3])
-                    res = scenario(obj, a.rounds, pid)
-                    res["holder_sockets"] = sockets
+                with common.SocketHolder(a.pairs, ns.lo) as holder:
+                    res = scenario(obj, a.rounds, holder.pid)
+                    res["holder_sockets"] = holder.sockets
                     res.update(tcp_in_netns(ns.lo, obj, a.rounds))
-                    if res["lines_one_process"] != sockets:
+                    if res["lines_one_process"] != holder.sockets:
                         res["error"] = (f"the iterator saw {res['lines_one_process']} of the helper's "
-                                        f"{sockets} sockets")
+                                        f"{holder.sockets} sockets")
                     result["sockets"] = res
-                finally:
-                    holder.stdin.close()
-                    holder.wait(timeout=60)
     except Exception as e:  # noqa: BLE001 - a bench reports its failure in its JSON
         result["error"] = f"{type(e).__name__}: {e}"
     finally:

@@ -229,6 +229,14 @@ def render(res):
                        "imports; largest top-level ones: " +
                        ", ".join(f"`{t['module']}` {t['ms']:.1f} ms" for t in imp["top"][:8]) + ".\n")
 
+    ex = st.get("exit")
+    if ex:
+        out.append("### Exit (SIGINT → process gone)\n")
+        out.extend(exit_section(ex))
+    ss = s.get("startup_sockets")
+    if ss is not None:
+        out.extend(startup_sockets_section(ss))
+
     # 2. memory
     out.append("## 2. Memory (peak RSS)\n")
     rows = []
@@ -435,6 +443,113 @@ def render(res):
             out.append(f"- {k}: `{e[:500]}`")
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def spread_ms(d):
+    """A {"median", "min", "max", "n"} of milliseconds as "M ms (min–max)"."""
+    if not d:
+        return NA
+    return f"{d['median']:.1f} ms ({d['min']:.1f}–{d['max']:.1f})"
+
+
+def exit_section(ex):
+    out = []
+    if ex.get("error"):
+        return [f"Failed: {ex['error']}\n"]
+    b = ex.get("breakdown_ms") or {}
+    rows = [["**`python -m pytracer`, SIGINT → reaped**",
+             f"**{f(ex.get('median_ms'), '{:.1f}')}** ({f(ex.get('min_ms'), '{:.0f}')}–{f(ex.get('max_ms'), '{:.0f}')}, "
+             f"{len(ex.get('runs_ms') or [])} runs)"]]
+    for k, v in b.items():
+        rows.append([("↳ " + k.strip()) if k.startswith("  ") else k, f(v, "{:.1f}")])
+    out.append(table(["part", "ms (median)"], rows))
+    cl = ex.get("classic_link_close_ms")
+    if cl:
+        out.append(f"\nThe {cl['count']} classic tracepoints (syscalls:*): closing each one's BPF perf link took "
+                   f"{cl['median_each']:.1f} ms (median; {cl['min_each']:.1f}–{cl['max_each']:.1f}), one after "
+                   "the other; closing the perf event itself afterwards is cheap. Per fd (median ms): " +
+                   ", ".join(f"{k} {v:.2f}" for k, v in (ex.get("per_fd_ms") or {}).items() if v >= 1) + ".")
+    ks = ex.get("kernel_stacks") or {}
+    if ks.get("top"):
+        out.append(f"\nKernel stack of the exiting process, sampled every 0.5 ms during one more exit "
+                   f"({f(ks.get('exit_ms'), '{:.0f}')} ms, {ks.get('samples')} samples):\n")
+        out.append(table(["share", "stack (innermost first)"],
+                         [[f(t["share"] * 100, "{:.0f}%"), f"`{t['stack']}`"] for t in ks["top"]]))
+    out.append("\nMeasured by `bench/startup.py` (exit_times): pytracer started with a warm cache, idle for 0.3 s "
+               "once it waits for events, then SIGINT; time from kill() to wait4() returning, from outside. "
+               "The breakdown is the median of as many runs alternated with those, of `bench/exit_phases.py` "
+               "(pytracer's own main, with `BPFObject.close()` and each fd it closes timed from outside; "
+               "CLOCK_MONOTONIC timestamps shared with the parent). Indented rows are parts of "
+               "`BPFObject.close`.\n")
+    return out
+
+
+SCENARIO_LABELS = {"host": "host as it is", "netns": "+ {n:,} sockets in another netns",
+                   "hostns": "+ {n:,} sockets in the host netns"}
+
+
+def startup_sockets_section(ss):
+    n = 2 * (ss.get("pairs") or 0)
+    out = [f"### Start-up with {n:,} open sockets\n"]
+    if section_error(ss):
+        out.append(f"Failed: {section_error(ss)}\n")
+    summ = ss.get("summary") or {}
+    if not summ:
+        return out
+    names = [x for x in (ss.get("scenarios") or summ) if x in summ]
+    rows = []
+    for name in names:
+        d = summ[name]
+        rows.append([SCENARIO_LABELS.get(name, name).format(n=n), f(d.get("open_files"), "{:.0f}"),
+                     spread_ms(d.get("exec_ms")), spread_ms(d.get("start_seed_ms")), spread_ms(d.get("start_none_ms")),
+                     f(d.get("start_diff_ms"), "{:+.1f} ms"), f(d.get("pass_ms"), "{:.1f} ms")])
+    out.append(table(["scenario", "open files", "exec → header (warm)", "TcpSnoop.start",
+                      "start without the pass", "difference", "the pass (both run_iterator calls)"], rows))
+    out.append("\nWhere the pass goes, per iterator (ms; medians):\n")
+    rows = []
+    for name in names:
+        for prog, what in (("seed_owners", "iter/task_file"), ("seed_sockets", "iter/tcp")):
+            e = (summ[name].get("iterators") or {}).get(prog) or {}
+            rows.append([SCENARIO_LABELS.get(name, name).format(n=n), f"`{prog}` ({what})",
+                         spread_ms(e.get("first_ms")), f((e.get("rerun_ms") or {}).get("median"), "{:.1f}"),
+                         f(e.get("visited"), "{:.0f}"), f(e.get("stats_pass_ms"), "{:.1f}"),
+                         f(e.get("bpf_run_ms"), "{:.1f}"), f(e.get("bpf_rerun_ms"), "{:.1f}")])
+    out.append(table(["scenario", "iterator", "pass in start()", "same pass again (all registered)",
+                      "objects visited", "pass in start(), statistics on", "BPF program time in it",
+                      "BPF program time, again"], rows))
+    out.append(f"\nMedians (min–max) of {ss.get('rounds')} rounds × {ss.get('runs')} runs, scenarios alternated "
+               "(a round visits each, rotating the order), by `bench/startup_sockets.py`. The sockets are "
+               f"{ss.get('pairs'):,} connected loopback pairs held by one process, in a network namespace made "
+               "for the run or in the host's; `iter/task_file` walks every process's descriptors whatever their "
+               "namespace, `iter/tcp` only registers the sockets of pytracer's namespace (the kernel still walks "
+               f"the established-hash table they share: tcp_child_ehash_entries = "
+               f"{ss.get('tcp_child_ehash_entries', '?')}). \"Without the pass\": a child with "
+               "`tcpsnoop.SEED_ITERATORS = ()`; the pass is each `run_iterator()` call inside start(), timed by "
+               "wrapping it; \"again\": the same pass right after (every socket registered already: the walk "
+               "and a lookup per socket, no inserts); objects visited and the BPF programs' own run time from "
+               "the kernel's BPF statistics (BPF_ENABLE_STATS, on only in a separate child per visit; the rest "
+               "of a pass is the kernel's walk and the read() around it).\n")
+    prof = ss.get("profile") or {}
+    rows = []
+    for name in names:
+        pr = prof.get(name) or {}
+        if pr.get("error"):
+            rows.append([SCENARIO_LABELS.get(name, name).format(n=n), "", "failed: " + pr["error"], ""])
+            continue
+        for prog in ("seed_owners", "seed_sockets"):
+            e = pr.get(prog)
+            if e:
+                rows.append([SCENARIO_LABELS.get(name, name).format(n=n), f"`{prog}`", f(e.get("ms"), "{:.1f}"),
+                             ", ".join(f"{k} {v * 100:.0f}%" for k, v in e["parts"].items() if v >= 0.01)])
+    if rows:
+        out.append("Kernel profile of the pass (`perf record -g` at "
+                   f"{next((p.get('hz') for p in prof.values() if p.get('hz')), '?')} Hz of one more seed child "
+                   "per scenario, after the rounds: its samples in the iterator reads, `bpf_seq_read`, both passes "
+                   "— in start() and again — together; a sample counts in the first part its stack holds, in "
+                   "this order: map inserts, lookups, file_to_tcp_sk, other probe reads, program code, walks):\n")
+        out.append(table(["scenario", "iterator", "ms sampled", "where"], rows))
+        out.append("")
+    return out
 
 
 INNER = {"cache read", "ELF parse", "vmlinux BTF load", "CO-RE relocation", "cache write", "map create",

@@ -31,10 +31,11 @@ FULL = {
                      "--rates", "20000,50000,100000,150000,200000,0"],
     "overhead": ["overhead.py", "--rounds", "3", "--seconds", "2"],
     "iterator": ["iterator.py", "--rounds", "20", "--pairs", "5000"],
+    "startup_sockets": ["startup_sockets.py", "--rounds", "5", "--runs", "3", "--pairs", "5000", "--profile"],
 }
 QUICK = {
     "peers": ["peers_status.py", "--seconds", "3", "--only", "tcpconnect,tcpstates-bpfcc"],
-    "startup": ["startup.py", "--rounds", "2", "--tools", "pytracer,tcpstates,bpftrace"],
+    "startup": ["startup.py", "--rounds", "2", "--tools", "pytracer,tcpstates,bpftrace", "--exit-runs", "3"],
     "engine": ["engine.py", "--reps", "1", "--seconds", "0.5", "--rates", "250000,1000000,0"],
     "sweep_conn": ["sweep.py", "--pin", "--workload", "conn", "--seconds", "1", "--rates", "2000,0",
                    "--tools", "pytracer,pytracer --no-data,tcplife,tcpstates"],
@@ -43,6 +44,7 @@ QUICK = {
     "overhead": ["overhead.py", "--rounds", "1", "--seconds", "1", "--workloads", "conn",
                  "--tools", "pytracer --no-data,pytracer,tcplife"],
     "iterator": ["iterator.py", "--rounds", "5", "--pairs", "5000"],
+    "startup_sockets": ["startup_sockets.py", "--rounds", "1", "--runs", "2", "--pairs", "5000"],
 }
 
 

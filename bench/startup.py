@@ -8,9 +8,16 @@ line-buffered. Cold = page cache dropped (and for pytracer an empty PYTRACER_CAC
 straight after, with the same cache directory; first = a first run (a new empty PYTRACER_CACHE_DIR) with the
 page cache warm, i.e. pytracer's own cold path without the disk reads of a cold interpreter.
 
-    python bench/startup.py [--rounds N] [--tools a,b]     prints JSON
+Exit (pytracer only, --exit-runs, default 7): `python -m pytracer` started (warm cache), idle once it waits
+for events, then SIGINT; the time from the kill() to the process reaped (wait4), measured from outside.
+Alternated with as many runs of bench/exit_phases.py (pytracer's main with its closing functions timed from
+outside), which say where that time goes: the signal, the drain before closing, each fd closed (perf events
+of the classic tracepoints, BPF links, ...), ring buffers, programs, maps, and the interpreter's teardown.
+
+    python bench/startup.py [--rounds N] [--tools a,b] [--exit-runs N]     prints JSON
 """
 import argparse
+import json
 import os
 import pty
 import re
@@ -19,6 +26,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -165,7 +174,6 @@ def phases(cache_dir, cold, reps):
         r = subprocess.run([common.PY, os.path.join(common.HERE, "startup_phases.py")],
                            env=common.pytracer_env(cache_dir), capture_output=True, text=True, timeout=120)
         try:
-            import json
             out.append(json.loads(r.stdout))
         except ValueError:
             return {"error": (r.stderr or r.stdout).strip()[-500:]}
@@ -182,11 +190,133 @@ def interpreter_floor(reps):
     return common.median(ts)
 
 
+def kernel_stack(pid, frames=8):
+    """The process's kernel stack now (root: /proc/PID/stack), innermost first, offsets dropped."""
+    try:
+        with open(f"/proc/{pid}/stack") as f:
+            st = f.read()
+    except OSError:
+        return None
+    return " < ".join(ln.split()[1].split("+")[0] for ln in st.splitlines()[:frames]
+                      if len(ln.split()) > 1) or "(none: running in user space)"
+
+
+def exit_once(argv, env, idle=0.3, timeout=60.0, sample=False):
+    """Start `argv`, wait until it waits for events, let it idle, SIGINT it; seconds from kill() to reaped.
+    With `sample`, its kernel stack is sampled every 0.5 ms until it is gone (counts by stack)."""
+    wd = common.workdir()
+    try:
+        with open(os.path.join(wd, "out"), "wb") as out, open(os.path.join(wd, "err"), "wb") as err:
+            p = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
+                                 start_new_session=True, preexec_fn=common.default_signals)
+        end = time.monotonic() + timeout
+        while not common.blocked_waiting(p.pid):
+            if p.poll() is not None or time.monotonic() > end:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+                raise RuntimeError(f"{' '.join(argv)} did not start (exit {p.returncode}): "
+                                   f"{common.Running._tail(os.path.join(wd, 'err'))}")
+            time.sleep(0.005)
+        time.sleep(idle)
+        guard = threading.Timer(15.0, lambda: os.killpg(p.pid, signal.SIGKILL))
+        guard.start()
+        t0 = time.monotonic()
+        os.kill(p.pid, signal.SIGINT)
+        stacks = {}
+        while sample:
+            pid, status, _ = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                break
+            st = kernel_stack(p.pid)
+            if st is not None:
+                stacks[st] = stacks.get(st, 0) + 1
+            time.sleep(0.0005)
+        else:
+            _, status, _ = os.wait4(p.pid, 0)
+        t1 = time.monotonic()
+        guard.cancel()
+        p.returncode = os.waitstatus_to_exitcode(status)
+        res = {"exit_s": t1 - t0, "rc": p.returncode, "t_kill": t0, "t_gone": t1}
+        if sample:
+            res["stacks"] = stacks
+        return res
+    finally:
+        shutil.rmtree(wd, ignore_errors=True)
+
+
+def exit_breakdown(run, rec):
+    """Milliseconds of each part of one instrumented exit (exit_phases.py's record + our kill/reap times)."""
+    ms = lambda a, b: (b - a) * 1000 if a is not None and b is not None else None  # noqa: E731
+    d = {"total": ms(run["t_kill"], run["t_gone"]), "signal delivery": ms(run["t_kill"], rec.get("t_signal")),
+         "signal -> close (drain, final report)": ms(rec.get("t_signal"), rec.get("t_close0")),
+         "BPFObject.close": ms(rec.get("t_close0"), rec.get("t_close1")),
+         "close -> atexit": ms(rec.get("t_close1"), rec.get("t_atexit")),
+         "atexit -> reaped (interpreter teardown, process exit)": ms(rec.get("t_atexit"), run["t_gone"])}
+    fds = rec.get("fds", [])
+    classic = [x for x in fds if x["link"].startswith("tracepoint ")]
+    # a classic tracepoint's Link holds its perf event and the BPF link over it, closed link first
+    perf = [x["ms"] for x in classic if x["fd"] != "anon_inode:[perf_event]"]
+    d["  BPF perf links of classic tracepoints (detach)"] = sum(perf)
+    d["  their perf events"] = sum(x["ms"] for x in classic if x["fd"] == "anon_inode:[perf_event]")
+    d["  other links (tp_btf, raw tracepoints)"] = sum(x["ms"] for x in fds if not x["link"].startswith("tracepoint "))
+    for g in ("ring buffers", "programs", "maps"):
+        d["  " + g] = rec.get("groups", {}).get(g, 0.0)
+    return d, perf, fds
+
+
+def r2(x):
+    return None if x is None else round(x, 2)
+
+
+def exit_times(cache_dir, reps):
+    env = common.pytracer_env(cache_dir)
+    plain = [common.PY, "-m", "pytracer"]
+    instrumented = [common.PY, os.path.join(common.HERE, "exit_phases.py")]
+    subprocess.run(plain + ["-d", "0"], env=env, capture_output=True, timeout=120)     # warm the cache
+    runs, parts, per_fd, perf_each = [], [], {}, []
+    for i in range(reps):
+        for kind in (("plain", "instrumented") if i % 2 == 0 else ("instrumented", "plain")):
+            if kind == "plain":
+                runs.append(exit_once(plain, env))
+                continue
+            fd, path = tempfile.mkstemp(prefix="ptbench-exit-", suffix=".json")
+            os.close(fd)
+            try:
+                run = exit_once(instrumented, dict(env, EXIT_PHASES_OUT=path))
+                with open(path) as f:
+                    rec = json.load(f)
+            finally:
+                os.unlink(path)
+            d, perf, fds = exit_breakdown(run, rec)
+            parts.append(d)
+            perf_each += perf
+            for x in fds:
+                per_fd.setdefault(f"{x['link']}: {x['fd']}", []).append(x["ms"])
+        common.log(f"exit {i + 1}/{reps}: {runs[-1]['exit_s'] * 1000:.1f} ms (instrumented "
+                   f"{parts[-1]['total']:.1f} ms, classic tracepoint links "
+                   f"{parts[-1]['  BPF perf links of classic tracepoints (detach)']:.1f} ms)")
+    sampled = exit_once(plain, env, sample=True)     # not among the timed runs: sampling costs CPU
+    n = sum(sampled["stacks"].values()) or 1
+    top = sorted(sampled["stacks"].items(), key=lambda kv: -kv[1])[:5]
+    ex = sorted(r["exit_s"] * 1000 for r in runs)
+    return {"runs_ms": [round(r["exit_s"] * 1000, 2) for r in runs], "median_ms": round(common.median(ex), 2),
+            "min_ms": round(ex[0], 2), "max_ms": round(ex[-1], 2), "rc": sorted({r["rc"] for r in runs}),
+            "breakdown_ms": {k: r2(common.median([p[k] for p in parts])) for k in parts[0]},
+            "classic_link_close_ms": {"count": len(perf_each) // len(parts), "median_each": round(common.median(
+                perf_each), 2), "min_each": round(min(perf_each), 2), "max_each": round(max(perf_each), 2)}
+            if perf_each else None,
+            "per_fd_ms": {k: round(common.median(v), 2) for k, v in per_fd.items()},
+            "kernel_stacks": {"exit_ms": round(sampled["exit_s"] * 1000, 2), "samples": n,
+                              "top": [{"stack": k, "share": round(v / n, 3)} for k, v in top]}}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tools", default=",".join(DEFAULT_TOOLS))
     ap.add_argument("--no-breakdown", action="store_true")
+    ap.add_argument("--exit-runs", type=int, default=7, help="pytracer exit measurements (0: none)")
     a = ap.parse_args(argv)
     common.need_root()
     all_tools = common.tools()
@@ -204,6 +334,14 @@ def main(argv=None):
             res["phases_cold"] = phases(cache_dir, True, max(1, a.rounds // 2))
             res["phases_warm"] = phases(cache_dir, False, max(1, a.rounds))
             res["imports_warm"] = import_breakdown(cache_dir)
+        finally:
+            shutil.rmtree(cache_dir, ignore_errors=True)
+    if a.exit_runs and "pytracer" in names:
+        cache_dir = common.private_cache_dir()
+        try:
+            res["exit"] = exit_times(cache_dir, a.exit_runs)
+        except Exception as e:  # noqa: BLE001 - reported in the JSON
+            res["exit"] = {"error": f"{type(e).__name__}: {e}"}
         finally:
             shutil.rmtree(cache_dir, ignore_errors=True)
     common.emit(res)
