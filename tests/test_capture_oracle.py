@@ -348,6 +348,76 @@ def test_fd_passed_over_unix_socket(no_leaks, net):
           events)
 
 
+# ---- a listening socket inherited across exec; threads -----------------------------------------------
+SERVICE = r"""
+import os, socket, sys, threading
+n = int(sys.argv[1])
+def serve(c):
+    got = 0
+    while got < n:
+        b = c.recv(65536)
+        if not b:
+            break
+        got += len(b)
+    c.sendall(b"r" * n)
+    c.close()
+if os.environ.get("LISTEN_FDS") == "1":          # systemd socket activation: the listener is fd 3
+    lsock = socket.socket(fileno=3)
+else:
+    lsock = socket.socket()
+    lsock.bind((sys.argv[2], 0))
+    lsock.listen()
+    print("LISTEN", lsock.getsockname()[1], flush=True)
+c, _ = lsock.accept()
+if sys.argv[3] == "thread":                      # accepted by the main thread, served by another
+    t = threading.Thread(target=serve, args=(c,))
+    t.start()
+    t.join()
+else:
+    serve(c)
+"""
+
+
+def test_socket_activation(no_leaks, workdir, net):
+    """systemd-socket-activate creates the listener and execs the service (same pid, new name), which
+    accepts on the inherited socket (fd 3): every server line names the service."""
+    activate = need("systemd-socket-activate", "systemd")
+    n = 50_000
+    script = os.path.join(workdir, "service.py")
+    with open(script, "w") as f:
+        f.write(SERVICE)
+    port = free_port()
+    cmd = [*net.srv_prefix, activate, "-l", f"{net.addr[4]}:{port}", SYSTEM_PYTHON, script, str(n), "-", "serve"]
+    with daemon(cmd, workdir, "activate") as srv:
+        srv.wait_listening(port)
+        c = traffic.client("tcli", "4", net.addr[4], port, n, n, netns=net.cli_ns)
+        with net.capture(port) as caps, net.trace(port) as t:
+            c.go()
+            c.wait()
+            events = t.finish(both_closed(port))
+    service = (srv.pid, 0, "python3")
+    check(t, caps, port, sides(port, (c.pids["tcli"], 0, "tcli"), service, service), events)
+
+
+def test_threaded_server(no_leaks, net):
+    """One thread accepts, another serves: the process (its pid) owns every server line."""
+    n = 50_000
+    cmd = [*net.srv_prefix, SYSTEM_PYTHON, "-c", SERVICE, str(n), net.addr[4], "thread"]
+    srv = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(srv.stdout.readline().split()[1])
+        c = traffic.client("tcli", "4", net.addr[4], port, n, n, netns=net.cli_ns)
+        with net.capture(port) as caps, net.trace(port) as t:
+            c.go()
+            c.wait()
+            events = t.finish(both_closed(port))
+        assert srv.wait(timeout=20) == 0
+    finally:
+        srv.kill()
+    server = (srv.pid, 0, "python3")
+    check(t, caps, port, sides(port, (c.pids["tcli"], 0, "tcli"), server, server), events)
+
+
 # ---- a connection opened before the tracer started -----------------------------------------------------
 def test_connection_opened_before_tracer(no_leaks, net):
     """Connect, wait, then start capture and tracer, then 3000 bytes each way and close: the tracer must show
