@@ -260,6 +260,34 @@ static __always_inline int owner_pass(const struct owner *o)
 	return 1;
 }
 
+/*
+ * Whether a task's cgroup (v2) is the --cgroup filter's or below it: its
+ * ancestor at the filter's level, from ancestor_ids[] before 6.1 and
+ * ancestors[] after (what bpf_get_current_ancestor_cgroup_id() reads; tracing
+ * programs may call that helper only from Linux 5.14 on).
+ */
+static __always_inline int cgroup_matches(struct task_struct *task)
+{
+	struct cgroup *cgrp = BPF_CORE_READ(task, cgroups, dfl_cgrp);
+	__u64 anc = 0;
+
+	if (filter_cgroup_level > (__u32)BPF_CORE_READ(cgrp, level))
+		return 0;
+	if (bpf_core_field_exists(((struct cgroup___ptrs *)cgrp)->ancestors)) {
+		struct cgroup *a = 0;
+
+		bpf_probe_read_kernel(&a, sizeof(a), (void *)cgrp +
+				      bpf_core_field_offset(struct cgroup___ptrs, ancestors) +
+				      filter_cgroup_level * sizeof(a));
+		anc = BPF_CORE_READ(a, kn, id);
+	} else {
+		bpf_probe_read_kernel(&anc, sizeof(anc), (void *)cgrp +
+				      bpf_core_field_offset(struct cgroup___ids, ancestor_ids) +
+				      filter_cgroup_level * sizeof(anc));
+	}
+	return anc == filter_cgroup_id;
+}
+
 /* The current task as an owner (process context only). */
 static __always_inline void current_owner(struct owner *o)
 {
@@ -270,8 +298,7 @@ static __always_inline void current_owner(struct owner *o)
 	o->uid = (__u32)bpf_get_current_uid_gid();
 	o->cgroup_id = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
-	if (has_cgroup &&
-	    bpf_get_current_ancestor_cgroup_id(filter_cgroup_level) == filter_cgroup_id)
+	if (has_cgroup && cgroup_matches((struct task_struct *)bpf_get_current_task()))
 		flags |= SI_CGROUP_MATCH;
 	o->flags = flags;
 }
@@ -908,32 +935,15 @@ static __always_inline void closing_fd(__s64 fd)
 /* The owner, from a task other than current (the iterator's). */
 static __always_inline void task_owner(struct task_struct *task, struct owner *o)
 {
-	struct cgroup *cgrp = BPF_CORE_READ(task, cgroups, dfl_cgrp);
 	__u8 flags = SI_OWNER_KNOWN;
-	__u64 anc = 0;
 
 	__builtin_memset(o, 0, sizeof(*o));
 	o->pid = BPF_CORE_READ(task, tgid);
 	o->uid = BPF_CORE_READ(task, cred, uid.val);
-	o->cgroup_id = BPF_CORE_READ(cgrp, kn, id);
+	o->cgroup_id = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
 	bpf_core_read(o->comm, sizeof(o->comm), &task->comm);
-	if (has_cgroup && filter_cgroup_level <= (__u32)BPF_CORE_READ(cgrp, level)) {
-		/* what bpf_get_current_ancestor_cgroup_id(level) returns for current */
-		if (bpf_core_field_exists(((struct cgroup___ptrs *)cgrp)->ancestors)) {
-			struct cgroup *a = 0;
-
-			bpf_probe_read_kernel(&a, sizeof(a), (void *)cgrp +
-					      bpf_core_field_offset(struct cgroup___ptrs, ancestors) +
-					      filter_cgroup_level * sizeof(a));
-			anc = BPF_CORE_READ(a, kn, id);
-		} else {
-			bpf_probe_read_kernel(&anc, sizeof(anc), (void *)cgrp +
-					      bpf_core_field_offset(struct cgroup___ids, ancestor_ids) +
-					      filter_cgroup_level * sizeof(anc));
-		}
-		if (anc == filter_cgroup_id)
-			flags |= SI_CGROUP_MATCH;
-	}
+	if (has_cgroup && cgroup_matches(task))
+		flags |= SI_CGROUP_MATCH;
 	o->flags = flags;
 }
 
