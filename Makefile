@@ -168,3 +168,18 @@ fuzz: setup
 
 soak: setup
 	SOAK_SECONDS=$(SOAK_SECONDS) $(RELY_PY) bench/soak.py --json $(SOAK_REPORT)
+
+# ---- Python matrix (issue 15): the suite under Debian 11's python3.9 and Debian 13's python3.13 -------------
+# In debootstrap chroots on this kernel (tests/matrix/: chroot builds and runs them, kept under
+# /var/cache/pytracer-matrix and reused; run installs the dependencies at setup.cfg's oldest versions on 3.9,
+# the newest on 3.13). Root; the first run debootstraps (a few minutes per suite, from the host's mirror).
+# Debian 12's python3.11 is the host's own suite (`make test`). MATRIX_SUITES narrows it; PYTEST_ARGS passes on.
+MATRIX_SUITES ?= bullseye trixie
+PYTEST_ARGS ?=
+
+.PHONY: pytest-matrix
+
+pytest-matrix: setup
+	@status=0; for s in $(MATRIX_SUITES); do \
+		MATRIX_PYTHON=$(abspath $(VPY)) tests/matrix/run $$s $(PYTEST_ARGS) || status=1; \
+	done; exit $$status

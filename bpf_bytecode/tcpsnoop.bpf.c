@@ -1122,20 +1122,56 @@ int on_close(struct sys_enter_ctx *ctx)
 	return 0;
 }
 
-/* Descriptors looked at when a process exits holding more; its later sockets keep their owner. */
-#define MAX_EXIT_FDS	1024
+/* Descriptors looked at when a process exits or execs; sockets past them are not seen then. */
+#define MAX_WALK_FDS	1024
+#define FD_EXIT		0	/* the process is exiting: it lets go of the socket */
+#define FD_EXEC		1	/* the process exec'd: same owner, new name */
 
 /*
- * A global function: verified once on its own, so the loop below does not
- * multiply its branches (the verifier's limit on pending branch states).
+ * One descriptor of a process that exits or execs.  A global function:
+ * verified once on its own, so the loop in walk_fds() does not multiply its
+ * branches (the verifier's limit on pending branch states).
  */
-__noinline int exit_fd(__u64 file, __u32 tgid)
+__noinline int walked_fd(__u64 file, __u32 tgid, __u32 what)
 {
 	__u64 skp = file_to_tcp_sk((struct file *)file);
+	struct sock_info *si;
+	struct owner o;
 
-	if (skp)
+	if (!skp)
+		return 0;
+	if (what == FD_EXIT) {
 		owner_leaves(skp, (struct file *)file, tgid);
+		return 0;
+	}
+	si = bpf_map_lookup_elem(&socks, &skp);
+	if (si && (si->o.flags & SI_OWNER_KNOWN) && si->o.pid == tgid) {
+		current_owner(&o);
+		publish_owner(si, &o);
+	}
 	return 0;
+}
+
+static __always_inline void walk_fds(struct task_struct *task, __u32 what)
+{
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+	struct file **fds;
+	__u32 max;
+
+	if (!fdt)
+		return;
+	max = BPF_CORE_READ(fdt, max_fds);
+	fds = BPF_CORE_READ(fdt, fd);
+	for (__u32 i = 0; i < MAX_WALK_FDS; i++) {
+		struct file *f = 0;
+
+		if (i >= max)
+			break;
+		bpf_probe_read_kernel(&f, sizeof(f), &fds[i]);
+		if (f)
+			walked_fd((__u64)f, tgid, what);
+	}
 }
 
 /*
@@ -1147,25 +1183,22 @@ SEC("tp_btf/sched_process_exit")
 int BPF_PROG(on_exit, struct task_struct *p)
 {
 	struct files_struct *files = BPF_CORE_READ(p, files);
-	struct fdtable *fdt;
-	struct file **fds;
-	__u32 tgid, max;
 
-	if (!files || BPF_CORE_READ(files, count.counter) != 1)
-		return 0;
-	tgid = BPF_CORE_READ(p, tgid);
-	fdt = BPF_CORE_READ(files, fdt);
-	max = BPF_CORE_READ(fdt, max_fds);
-	fds = BPF_CORE_READ(fdt, fd);
-	for (__u32 i = 0; i < MAX_EXIT_FDS; i++) {
-		struct file *f = 0;
+	if (files && BPF_CORE_READ(files, count.counter) == 1)
+		walk_fds(p, FD_EXIT);
+	return 0;
+}
 
-		if (i >= max)
-			break;
-		bpf_probe_read_kernel(&f, sizeof(f), &fds[i]);
-		if (f)
-			exit_fd((__u64)f, tgid);
-	}
+/*
+ * A process exec'd (in its own context, its new name set): the sockets it
+ * owns and kept across exec are named after the new program from now on.
+ * (Those it had marked close-on-exec are gone already; they keep their owner
+ * until someone else does I/O on them.)
+ */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(on_exec, struct task_struct *p)
+{
+	walk_fds(p, FD_EXEC);
 	return 0;
 }
 

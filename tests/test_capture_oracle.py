@@ -418,6 +418,60 @@ def test_threaded_server(no_leaks, net):
     check(t, caps, port, sides(port, (c.pids["tcli"], 0, "tcli"), server, server), events)
 
 
+# ---- a process that execs, keeping its connection ------------------------------------------------------
+EXEC_SERVER = r"""
+import socket, sys, time
+lsock = socket.socket()
+lsock.bind((sys.argv[1], 0))
+lsock.listen()
+print("LISTEN", lsock.getsockname()[1], flush=True)
+c, _ = lsock.accept()
+got = 0
+while got < 1000:
+    got += len(c.recv(65536))
+time.sleep(1.0)                     # the client has exec'd cat, which is blocked in read()
+c.sendall(b"s" * 2000)
+got = 0
+while got < 2000:
+    got += len(c.recv(65536))
+c.close()
+"""
+EXEC_CLIENT = r"""
+import os, socket, sys, time
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+c.sendall(b"c" * 1000)
+time.sleep(0.3)
+print("EXEC", time.time(), flush=True)
+os.dup2(c.fileno(), 0)
+os.dup2(c.fileno(), 1)
+os.execv("/bin/cat", ["cat"])
+"""
+
+
+def test_exec_keeps_the_connection(no_leaks, net):
+    """A client sends, then execs cat on its connection (dup2 onto stdin/stdout): the lines after the exec
+    name cat, same pid, even those received before cat's first read returns."""
+    need("/bin/cat", "coreutils")
+    srv = subprocess.Popen([*net.srv_prefix, SYSTEM_PYTHON, "-c", EXEC_SERVER, net.addr[4]], stdout=subprocess.PIPE,
+                           text=True)
+    try:
+        port = int(srv.stdout.readline().split()[1])
+        with net.capture(port) as caps, net.trace(port) as t:
+            cli = subprocess.Popen([*net.cli_prefix, SYSTEM_PYTHON, "-c", EXEC_CLIENT, net.addr[4], str(port)],
+                                   stdout=subprocess.PIPE, text=True)
+            exec_ts = float(cli.stdout.readline().split()[1])
+            assert cli.wait(timeout=20) == 0 and srv.wait(timeout=20) == 0
+            events = t.finish(both_closed(port))
+    finally:
+        srv.kill()
+    server = (srv.pid, 0, "python3")
+
+    def client(o):
+        return (cli.pid, 0, "python3" if o["ts"] < exec_ts else "cat")
+    assert any(o["comm"] == "cat" and o["event"] == "recv" and o["payload"] for o in t.cli_events)
+    check(t, caps, port, sides(port, client, server, server), events)
+
+
 # ---- a connection opened before the tracer started -----------------------------------------------------
 def test_connection_opened_before_tracer(no_leaks, net):
     """Connect, wait, then start capture and tracer, then 3000 bytes each way and close: the tracer must show
