@@ -15,6 +15,7 @@ SHELL := /bin/sh
 
 CLANG ?= clang-16
 LLVM_STRIP ?= llvm-strip-16
+LLVM_OBJDUMP ?= llvm-objdump-16
 
 BPF_ARCH := $(shell uname -m)
 BPF_SRC_DIR := bpf_bytecode
@@ -25,9 +26,10 @@ BPF_HDRS := $(sort $(wildcard $(BPF_SRC_DIR)/*.h))
 BPF_NAMES := $(patsubst $(BPF_SRC_DIR)/%.bpf.c,%,$(BPF_SRCS))
 BPF_OBJS := $(patsubst %,$(BPF_OUT_DIR)/%.bpf.o,$(BPF_NAMES))
 
-# -mcpu=v3: 32-bit jumps/ALU and atomics that return a value (used for the
-#   engine test's sequence counter); needs kernel >= 5.12, below our ring
-#   buffer floor anyway.
+# -mcpu=v3: 32-bit jumps and ALU (Linux 5.1+). It would also emit atomics
+#   that return a value (__sync_fetch_and_add whose result is used, cmpxchg,
+#   xchg), which need Linux 5.12: our floor is 5.10, so check-bytecode fails
+#   on any of them (an add whose result is unused stays the old XADD).
 # -fdebug-prefix-map: BTF line info records source paths as the compiler saw
 #   them; map the checkout directory away so objects do not depend on it.
 BPF_CFLAGS := -O2 -g -target bpf -mcpu=v3 -D__TARGET_ARCH_x86 \
@@ -70,7 +72,14 @@ check-bytecode:
 			echo "check-bytecode: $$obj has no source $(BPF_SRC_DIR)/$$name.bpf.c"; status=1; \
 		fi; \
 	done; \
-	[ $$status -eq 0 ] && echo "check-bytecode: $(words $(BPF_NAMES)) objects up to date"; \
+	for obj in $(BPF_OUT_DIR)/*.bpf.o; do \
+		[ -f "$$obj" ] || continue; \
+		if $(LLVM_OBJDUMP) -d "$$obj" | grep -E 'atomic_fetch|cmpxchg|xchg' >/dev/null; then \
+			echo "check-bytecode: $$obj uses an atomic that returns a value (Linux 5.12+; our floor is 5.10)"; \
+			status=1; \
+		fi; \
+	done; \
+	[ $$status -eq 0 ] && echo "check-bytecode: $(words $(BPF_NAMES)) objects up to date, none needs more than Linux 5.10's instruction set"; \
 	exit $$status
 
 clean-bytecode:
