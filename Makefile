@@ -94,8 +94,12 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 ARGS ?=
 KERNEL ?= linux-image-6.1.0-47-cloud-amd64
+# The kernels CI proves (`make vmtest-all`), besides the host's: Debian 11's 5.10 (the floor), Debian 12's 6.1
+# and 6.12 cloud kernels. vmtest fetches packages the system's apt lists lack through lists of its own.
+VM_KERNELS ?= linux-image-5.10.0-32-cloud-amd64 linux-image-6.1.0-47-cloud-amd64 \
+	linux-image-6.12.117+deb12-cloud-amd64
 
-.PHONY: setup run test vmtest
+.PHONY: setup run test vmtest vmtest-all vmtest-lockdown
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -121,10 +125,24 @@ test: setup
 # has no network, so the packaging test (pip from PyPI) runs on the host only; benchmarks and the soak
 # are host-only too (timing-bound, and the guest is emulated).
 VM_TESTS ?= tests/test_engine.py tests/test_tcpsnoop.py tests/test_cli.py tests/test_faults.py \
-	tests/test_real_programs.py
+	tests/test_real_programs.py tests/test_kernel_support.py
 vmtest: setup
 	tests/vm/vmtest --kernel-package $(KERNEL) -- $(abspath $(VPY)) -m pytest -q -p no:cacheprovider \
 		-k 'not pip_install' $(VM_TESTS)
+
+# The same suite on every kernel of VM_KERNELS, one after the other; a summary line per kernel at the end.
+# Then a kernel that cannot run pytracer, for real: KERNEL booted with lockdown=confidentiality, where
+# pytracer must exit 3 with one sentence (tests/test_kernel_support.py).
+vmtest-all: setup
+	@status=0; MAKE="$(MAKE)" tests/vm/matrix $(VM_KERNELS) || status=1; \
+	echo "== vmtest-all: $(KERNEL) booted with lockdown=confidentiality"; \
+	$(MAKE) --no-print-directory vmtest-lockdown || status=1; \
+	exit $$status
+
+vmtest-lockdown: setup
+	PYTRACER_EXPECT_LOCKDOWN=confidentiality tests/vm/vmtest --kernel-package $(KERNEL) \
+		--append lockdown=confidentiality -- $(abspath $(VPY)) -m pytest -q -p no:cacheprovider \
+		tests/test_kernel_support.py -k lockdown
 
 # ---- benchmarks (bench/, BENCHMARKS.md) ---------------------------------------------------------
 # `make bench` (a few minutes, as root) installs the peers (bench/setup.sh: apt, idempotent), runs every

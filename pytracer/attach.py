@@ -36,6 +36,7 @@ def tracefs(mount=True):
         hint = os.strerror(err) if rc != 0 else "mounted but has no events directory"
     else:
         hint = "no /sys/kernel/tracing directory"
+    features.refuse_confidentiality_lockdown()
     raise AttachError(
         f"tracefs is not mounted and could not be mounted ({hint}). Mount it with: "
         f"mount -t tracefs nodev /sys/kernel/tracing")

@@ -92,3 +92,32 @@ def raise_memlock_rlimit():
         return
     note("this kernel charges BPF memory to RLIMIT_MEMLOCK (no memory-cgroup accounting before Linux 5.11): "
          "pytracer lifted the limit")
+
+
+LOCKDOWN = "/sys/kernel/security/lockdown"
+
+
+def lockdown_mode():
+    """The kernel's lockdown mode ("none", "integrity", "confidentiality"), or None if securityfs does not
+    say (not mounted, or no lockdown LSM)."""
+    try:
+        with open(LOCKDOWN) as f:
+            text = f.read()
+    except OSError:
+        return None
+    for word in text.split():
+        if word.startswith("[") and word.endswith("]"):
+            return word[1:-1]
+    return None
+
+
+def refuse_confidentiality_lockdown():
+    """Lockdown in confidentiality mode forbids tracefs and BPF programs that read kernel memory: nothing
+    pytracer could fall back to. Called where tracefs turns out unusable, to name the real cause."""
+    if lockdown_mode() == "confidentiality":
+        from .errors import KernelFeatureError
+
+        raise KernelFeatureError(
+            "kernel lockdown is in confidentiality mode (lockdown=confidentiality on the kernel command line or "
+            "CONFIG_LOCK_DOWN_KERNEL_FORCE_CONFIDENTIALITY=y), which forbids tracefs and BPF programs that read "
+            "kernel memory, so pytracer cannot run; integrity mode (lockdown=integrity) allows it")

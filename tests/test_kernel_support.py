@@ -130,3 +130,25 @@ def test_fallbacks_are_probed_and_said_once(kernel, no_leaks):
     for key, wanted in expect.items():
         said = [n for n in notes if key in n]
         assert len(said) == (1 if wanted else 0), (key, release, r.stderr)
+
+
+def test_lockdown_confidentiality(no_leaks, fresh_probes, monkeypatch, capsys, tmp_path):
+    """Lockdown in confidentiality mode: tracefs is refused, and BPF may not read kernel memory. Booted so
+    (`make vmtest-lockdown`: lockdown=confidentiality on the guest's command line) the real kernel says
+    no; elsewhere the lockdown file and an unusable tracefs are mocked. The same assertions either way."""
+    from pytracer import attach
+
+    real = features.lockdown_mode() == "confidentiality"
+    expected = os.environ.get("PYTRACER_EXPECT_LOCKDOWN")
+    if expected:
+        assert features.lockdown_mode() == expected, "the kernel was meant to boot with lockdown=" + expected
+    if not real:
+        lock = tmp_path / "lockdown"
+        lock.write_text("none integrity [confidentiality]\n")
+        monkeypatch.setattr(features, "LOCKDOWN", str(lock))
+        monkeypatch.setattr(attach, "TRACEFS_CANDIDATES", (str(tmp_path / "no-tracefs"),))
+    monkeypatch.setattr(attach, "_tracefs", None)
+    status, err = run_cli(capsys)
+    line = one_sentence(err)
+    assert status == 3, err
+    assert "lockdown is in confidentiality mode" in line and "lockdown=confidentiality" in line, line
