@@ -127,8 +127,8 @@ test: setup
 VM_TESTS ?= tests/test_engine.py tests/test_tcpsnoop.py tests/test_cli.py tests/test_faults.py \
 	tests/test_real_programs.py tests/test_kernel_support.py
 vmtest: setup
-	tests/vm/vmtest --kernel-package $(KERNEL) -- $(abspath $(VPY)) -m pytest -q -p no:cacheprovider \
-		-k 'not pip_install' $(VM_TESTS)
+	tests/vm/vmtest --kernel-package $(KERNEL) -- $(abspath $(VPY)) -m pytest -q -rfEx -p no:cacheprovider \
+		--durations=8 -k 'not pip_install' $(VM_TESTS)
 
 # The same suite on every kernel of VM_KERNELS, one after the other; a summary line per kernel at the end.
 # Then a kernel that cannot run pytracer, for real: KERNEL booted with lockdown=confidentiality, where
