@@ -215,6 +215,8 @@ CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
 CAP_BPF = 39
 RLIMIT_MEMLOCK = 8
+# helper ids (include/uapi/linux/bpf.h, enum bpf_func_id)
+BPF_FUNC_KTIME_GET_COARSE_NS = 160
 
 
 class TCPState(enum.IntEnum):

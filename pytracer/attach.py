@@ -5,7 +5,7 @@ import errno
 import os
 import struct
 
-from . import abi
+from . import abi, features
 from .errors import AttachError, KernelFeatureError, PytracerError
 from .syscall import Buffer, bpf, ioctl, perf_event_open, privilege_error, raise_from_oserror
 
@@ -36,6 +36,7 @@ def tracefs(mount=True):
         hint = os.strerror(err) if rc != 0 else "mounted but has no events directory"
     else:
         hint = "no /sys/kernel/tracing directory"
+    features.refuse_confidentiality_lockdown()
     raise AttachError(
         f"tracefs is not mounted and could not be mounted ({hint}). Mount it with: "
         f"mount -t tracefs nodev /sys/kernel/tracing")
@@ -101,6 +102,8 @@ def attach_tracepoint(program, target):
                 if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, abi.ENOTSUPP):
                     raise
                 _perf_link_supported = False  # kernels before 5.15: fall back to the ioctl
+                features.note("this kernel has no BPF perf-event links (Linux < 5.15): tracepoint programs are "
+                              "attached with the perf ioctl instead")
         ioctl(pfd, abi.PERF_EVENT_IOC_SET_BPF, program.fd)
         ioctl(pfd, abi.PERF_EVENT_IOC_ENABLE, 0)
         return Link(f"tracepoint {target}", [pfd])

@@ -187,7 +187,9 @@ def run(argv=None):
         snoop = TcpSnoop(pids=a.pid, uid=a.uid, comm=a.comm, ports=a.port, family=family, cgroup=a.cgroup,
                          no_data=a.no_data, ringbuf_size=a.ringbuf_mb << 20, use_cache=not a.no_cache)
         snoop.start()
-        for note in snoop.fallbacks:
+        from . import features
+
+        for note in snoop.fallbacks + features.take_notes():
             print(f"pytracer: note: {note}", file=sys.stderr)
         t0 = time.time()
         writer = JsonWriter(sys.stdout) if a.json else ClassicWriter(sys.stdout, a.timestamp, a.ipv6, t0)

@@ -12,11 +12,11 @@ import os
 import struct
 import sys
 
-from . import abi, attach as attach_mod, cache, iterator, maps as maps_mod, program as program_mod
+from . import abi, attach as attach_mod, cache, features, iterator, maps as maps_mod, program as program_mod
 from .errors import AttachError, KernelFeatureError, PytracerError
 from .ringbuf import RingBuffer
 from .spec import ObjectSpec
-from .syscall import Buffer, bpf, raise_from_oserror, raise_memlock_rlimit
+from .syscall import Buffer, bpf, raise_from_oserror
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 
@@ -76,7 +76,7 @@ class BPFObject:
 
     # -- loading ----------------------------------------------------------------------------------------
     def _load(self, rodata, sizes, wanted, use_cache):
-        raise_memlock_rlimit()
+        features.raise_memlock_rlimit()
         self.spec, self.core_failures = prepare(self.path, use_cache)
         spec = self.spec
         if callable(wanted):
@@ -125,7 +125,7 @@ class BPFObject:
                 self.btf_fd = bpf(abi.Cmd.BTF_LOAD, attr)
                 return
             except OSError as e:
-                if e.errno in (errno.EPERM, errno.EACCES):
+                if e.errno in (errno.EPERM, errno.EACCES, errno.ENOSYS):
                     raise_from_oserror("loading BTF", e)
                 if log is None:
                     continue

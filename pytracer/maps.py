@@ -52,8 +52,14 @@ class Map:
             fd = bpf(abi.Cmd.MAP_CREATE, attr)
         except OSError as e:
             if e.errno == errno.EINVAL and spec.map_type == abi.MapType.RINGBUF:
-                raise KernelFeatureError("this kernel has no BPF ring buffer (BPF_MAP_TYPE_RINGBUF, Linux 5.8+)") \
-                    from None
+                from . import features
+
+                if not features.have_ringbuf():
+                    raise KernelFeatureError(
+                        f"this kernel ({os.uname().release}) has no BPF ring buffer, which pytracer needs: "
+                        f"BPF_MAP_TYPE_RINGBUF came in Linux 5.8") from None
+                raise PytracerError(f"the kernel refused ring buffer '{spec.name}' of {spec.max_entries} bytes: "
+                                    f"the size must be a power of two and a multiple of the page size") from None
             if e.errno == errno.EINVAL:
                 raise PytracerError(
                     f"the kernel refused to create map '{spec.name}' (type {spec.map_type}, key {spec.key_size}, "

@@ -121,8 +121,23 @@ def load(prog, maps, btf_fd, license_, source_btf=None, core_failures=()):
             raise iterator.missing_target_error(prog) from None
         raise PytracerError(f"the kernel refused program {prog.name} ({prog.section}): invalid argument "
                             f"and no verifier log") from None
+    missing = _UNKNOWN_HELPER.search(log)
+    if missing and not core_failures:
+        raise KernelFeatureError(
+            f"this kernel ({os.uname().release}) does not let {prog.section.split('/', 1)[0]} programs call the "
+            f"BPF helper {missing.group(1)}, which program {prog.name} needs"
+            f"{' (' + HELPER_SINCE[missing.group(1)] + ')' if missing.group(1) in HELPER_SINCE else ''}") from None
     raise VerifierError(summarise_rejection(prog, log, source_btf() if source_btf else None, core_failures),
                         annotate_log(log)) from None
+
+
+# A helper the kernel does not know, or does not offer to this program type (a poisoned CO-RE call reads
+# "invalid func unknown#...", not this).
+_UNKNOWN_HELPER = re.compile(r"^unknown func (bpf_\w+)#\d+", re.M)
+# Where the kernel's answer alone does not say it: since when tracing programs may call a helper.
+HELPER_SINCE = {
+    "bpf_get_current_ancestor_cgroup_id": "tracing programs may since Linux 5.14",
+}
 
 
 _INSN_LINE = re.compile(r"^(\d+): \(")

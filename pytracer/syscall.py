@@ -125,21 +125,3 @@ def raise_from_oserror(what, exc):
     if err == errno.ENOSYS:
         raise KernelFeatureError(f"{what}: this kernel has no bpf() system call (CONFIG_BPF_SYSCALL)") from None
     raise SyscallError(f"{what}: {os.strerror(err)}", err) from None
-
-
-def raise_memlock_rlimit():
-    """Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it there (root may)."""
-    try:
-        release = os.uname().release.split("-")[0].split(".")
-        major, minor = int(release[0]), int(release[1])
-    except (ValueError, IndexError):
-        major, minor = 0, 0
-    if (major, minor) >= (5, 11):
-        return
-    import resource
-
-    try:
-        resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-    except (ValueError, OSError):
-        pass
-

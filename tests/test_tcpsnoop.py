@@ -1,5 +1,6 @@
 """tcpsnoop end to end on the real kernel: real client and server processes with known PIDs, real TCP
 traffic on loopback (IPv4, IPv6) and between network namespaces, and assertions on what the tracer says."""
+import errno
 import os
 import shutil
 import subprocess
@@ -276,9 +277,12 @@ def test_cgroup_filter(kernel, no_leaks):
         kernel_unavailable("no cgroup v2 hierarchy is mounted")
     cg = os.path.join(root, f"pytracer-test-{uuid.uuid4().hex[:6]}")
     os.mkdir(cg)
+    peers = []
     try:
         s = traffic.server("tsrv", "4", "127.0.0.1", 1000, 100)
+        peers.append(s)
         c = traffic.client("tcli", "4", "127.0.0.1", s.port, 1000, 100)
+        peers.append(c)
         with open(os.path.join(cg, "cgroup.procs"), "w") as f:
             f.write(str(c.pids["tcli"]))
         with TcpSnoop(cgroup=cg) as snoop:
@@ -289,8 +293,21 @@ def test_cgroup_filter(kernel, no_leaks):
         assert events and {e.pid for e in events} == {c.pids["tcli"]}
         assert of(events, event="connect") and of(events, event="close")
     finally:
-        time.sleep(0.1)
-        os.rmdir(cg)
+        # A peer still waiting (the test failed before it ran) keeps the cgroup populated: end it first.
+        for p in peers:
+            if p.p.poll() is None:
+                p.p.kill()
+            p.p.wait()
+        # The kernel may take a moment to let go of the cgroup after its last task is reaped.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                os.rmdir(cg)
+                break
+            except OSError as e:
+                if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
 
 # N short connections at RATE/s to a server in the same process: connect, send 100 bytes, read 100, close.

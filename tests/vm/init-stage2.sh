@@ -6,7 +6,7 @@
 #
 # Runs /run/vmtest/cmd (written by the host: cd to the repo, then exec the
 # command under `env -i` with the caller's environment), streams its output
-# to ttyS1 (the host's stdout), reports "start <uptime>" and
+# to ttyS1 (the host's stdout), reports "start <uptime> <uname -r>" and
 # "exit <status> <uptime>" on ttyS2 (a file on the host), and powers off.
 
 BB=/run/vmtest/bin/busybox
@@ -41,7 +41,9 @@ ulimit -n 65536 2>/dev/null
 out=/dev/ttyS1
 
 say "running the command"
-report "start $(uptime_s)"
+# The guest's own `uname -r`, for the host's summary line.
+read -r release </proc/sys/kernel/osrelease
+report "start $(uptime_s) $release"
 if [ "${VMTEST_TTY:-0}" = 1 ]; then
 	# The host's stdout is a terminal: give the command the serial tty.
 	$BB sh /run/vmtest/cmd </dev/null >$out 2>&1
