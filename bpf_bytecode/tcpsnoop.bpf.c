@@ -824,11 +824,19 @@ static __always_inline int emit_time_wait(const struct pkt *p, __u8 dir)
 	return 1;
 }
 
-static __always_inline void count_unattributed(void)
+/*
+ * A segment of no socket we know, counted if it is in scope: its ports and
+ * family pass the filters, and no owner filter is active (its owner is
+ * unknown, so it could be anybody's).
+ */
+static __always_inline void count_unattributed(const struct pkt *p)
 {
 	__u32 zero = 0;
-	__u64 *v = bpf_map_lookup_elem(&unattributed, &zero);
+	__u64 *v;
 
+	if (owner_filters_active() || !family_pass(p->t.family) || !ports_pass(p->t.lport, p->t.rport))
+		return;
+	v = bpf_map_lookup_elem(&unattributed, &zero);
 	if (v)
 		__sync_fetch_and_add(v, 1);
 }
@@ -1280,7 +1288,7 @@ int BPF_PROG(on_tx, struct sk_buff *skb, struct net_device *dev)
 			return 0;
 		}
 		if (!live_tcp_sock(skp)) {
-			count_unattributed();
+			count_unattributed(&p);
 			return 0;
 		}
 		/* a connection we did not know (evicted, or missed at start): from now on */
@@ -1290,12 +1298,6 @@ int BPF_PROG(on_tx, struct sk_buff *skb, struct net_device *dev)
 		si = bpf_map_lookup_elem(&socks, &skp);
 		if (!si)
 			return 0;
-	}
-
-	if ((si->state_flags & SI_CLOSED) && !(p.flags & TH_RST)) {
-		/* after TCP_CLOSE only the RST of an abortive close is the connection's */
-		count_unattributed();
-		return 0;
 	}
 
 	if (!(si->state_flags & SI_CLOSED) && !(si->tx_flags & SI_TUPLE_WIRE)) {
@@ -1387,19 +1389,16 @@ int BPF_PROG(on_rx, struct sk_buff *skb)
 		if ((p.flags & (TH_SYN | TH_ACK)) == TH_SYN || bpf_map_lookup_elem(&halfopen, &p.t))
 			emit_handshake(0, 0, &p, DIR_RECEIVED);
 		else
-			count_unattributed();
+			count_unattributed(&p);
 		return 0;
 	}
-	/* after TCP_CLOSE (until the socket is destroyed) nothing is the connection's */
-	if (si->state_flags & SI_CLOSED) {
-		count_unattributed();
-		return 0;
-	}
-
 	if ((si->state_flags & SI_PASSIVE) && !(si->rx_flags & SI_RX_SEQ_INIT))
 		seed_rx(skp, si);
-	fresh_bytes = count_new(&si->rx_flags, SI_RX_SEQ_INIT, &si->rx_max_end,
-				&si->rx_bytes, p.seq, p.payload, p.flags);
+	/* after TCP_CLOSE (until the socket is destroyed: a RST crossing ours) nothing is new */
+	fresh_bytes = 0;
+	if (!(si->state_flags & SI_CLOSED))
+		fresh_bytes = count_new(&si->rx_flags, SI_RX_SEQ_INIT, &si->rx_max_end,
+					&si->rx_bytes, p.seq, p.payload, p.flags);
 	if (p.payload && !fresh_bytes)
 		attr |= ATTR_RETRANS;
 
