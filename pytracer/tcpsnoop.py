@@ -418,9 +418,9 @@ class TcpSnoop:
             return 0
         return self._lines(held, owner, out)
 
-    @staticmethod
-    def _lines(held, owner, out):
+    def _lines(self, held, owner, out):
         what = 0
+        no_data = self.filters.no_data
         relabelled = {}
         acked = False
         for ts, etype, direction, conn, size, payload, flags in held:
@@ -439,6 +439,8 @@ class TcpSnoop:
                     name = "accept" if owner is not None else "recv" if direction else "send"
                 elif flags & ev_mod.TCP_RST:
                     name = "reset"
+                elif no_data:      # a handshake packet after the accept lines is data
+                    continue
                 else:
                     name = "recv" if direction else "send"
             else:
