@@ -1288,16 +1288,23 @@ int BPF_PROG(on_tx, struct sk_buff *skb, struct net_device *dev)
 			return 0;
 		}
 		if (!live_tcp_sock(skp)) {
-			count_unattributed(&p);
+			/*
+			 * The TIME_WAIT mini-socket of a connection that closed before
+			 * we followed it.  (A reply of the kernel's control socket, a
+			 * RST to a stray segment, is no socket's.)
+			 */
+			if (skp && sk_state(skp) == TCP_TIME_WAIT)
+				count_unattributed(&p);
 			return 0;
 		}
 		/* a connection we did not know (evicted, or missed at start): from now on */
 		init_entry(&fresh, skp, 0, 0, 0);
-		if (bpf_map_update_elem(&socks, &skp, &fresh, BPF_NOEXIST))
-			return 0;
+		bpf_map_update_elem(&socks, &skp, &fresh, BPF_NOEXIST);
 		si = bpf_map_lookup_elem(&socks, &skp);
-		if (!si)
+		if (!si) {
+			count_unattributed(&p);
 			return 0;
+		}
 	}
 
 	if (!(si->state_flags & SI_CLOSED) && !(si->tx_flags & SI_TUPLE_WIRE)) {
@@ -1384,12 +1391,13 @@ int BPF_PROG(on_rx, struct sk_buff *skb)
 		 * A SYN, or what completes a handshake whose SYN-ACK a request
 		 * socket sent (the child socket is created while TCP processes it,
 		 * after this tracepoint; data can even overtake the ACK from another
-		 * CPU).
+		 * CPU).  Anything else is not counted: a packet received on a device
+		 * may be for no socket of this host at all (forwarded, bridged to a
+		 * container, a stray), and it cannot be told apart here from one for
+		 * a socket we do not know.
 		 */
 		if ((p.flags & (TH_SYN | TH_ACK)) == TH_SYN || bpf_map_lookup_elem(&halfopen, &p.t))
 			emit_handshake(0, 0, &p, DIR_RECEIVED);
-		else
-			count_unattributed(&p);
 		return 0;
 	}
 	if ((si->state_flags & SI_PASSIVE) && !(si->rx_flags & SI_RX_SEQ_INIT))

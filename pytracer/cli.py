@@ -19,7 +19,7 @@ LOSS_TEXT = {
     "skipped": "{n} tracepoint runs skipped by the kernel while another BPF program ran on that CPU",
     "pending": "{n} held for connections whose owner was not known yet (not accepted, or handed off), "
                "beyond the buffer's bound or when pytracer stopped",
-    "unattributed": "{n} segments of no socket pytracer knows (evicted from its tables, or never seen)",
+    "unattributed": "{n} segments of sockets pytracer could not follow (its tables full, or TIME_WAIT from before it started)",
     "malformed": "{n} records of an unexpected size: the BPF object does not match this pytracer",
 }
 

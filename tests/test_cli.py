@@ -69,6 +69,10 @@ def test_json_schema(kernel, no_leaks):
     base = {"ts": float, "event": str, "dir": str, "pid": int, "uid": int, "comm": str, "family": int,
             "laddr": str, "lport": int, "raddr": str, "rport": int, "size": int, "payload": int, "netns": int}
     for o in objs:
+        if o["event"] == "lost":        # a busy machine can make the kernel skip runs: reported, own schema
+            assert set(o) == {"ts", "event", "count", "reasons"} and o["count"] == sum(o["reasons"].values()), o
+            assert set(o["reasons"]) <= {"ringbuf", "skipped", "pending", "malformed", "unattributed"}, o
+            continue
         keys = dict(base)
         if o["event"] == "close":
             keys.update(tx_bytes=int, rx_bytes=int, duration_ms=float)
@@ -78,6 +82,7 @@ def test_json_schema(kernel, no_leaks):
         assert o["event"] in ("connect", "accept", "send", "recv", "reset", "close")
         assert o["dir"] in ("in", "out") and o["family"] == 6
         assert abs(o["ts"] - time.time()) < 60
+    objs = [o for o in objs if o["event"] != "lost"]
     events = {o["event"] for o in objs}
     assert {"connect", "accept", "send", "recv", "close"} <= events
     closes = [o for o in objs if o["event"] == "close"]
