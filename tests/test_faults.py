@@ -395,9 +395,11 @@ def _in_private_mount_ns(script, tmp_path, name):
     return p.returncode, out.read_text(errors="replace"), err.read_text(errors="replace")
 
 
-# debugfs too: its "tracing" directory is an automount point that would bring tracefs back on first access
+# debugfs too: its "tracing" directory is an automount point that would bring tracefs back on first access;
+# and any other tracefs mount the machine has (a chroot's, say), in this private namespace only
 UNMOUNT = ("umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; "
            "umount -l /sys/kernel/debug 2>/dev/null; "
+           "for m in $(awk '$3 == \"tracefs\" { print $2 }' /proc/self/mounts); do umount -l \"$m\" 2>/dev/null; done; "
            "if grep -q ' tracefs ' /proc/self/mounts; then echo STILL_MOUNTED >&2; exit 99; fi; ")
 
 
