@@ -24,7 +24,6 @@ the BPF programs, maps and links it held must be gone from the kernel.
 Exit status: 0 all checks passed, 1 a check failed (growth, leftovers, exit status, invalid output), 2 setup.
 """
 import argparse
-import errno
 import json
 import os
 import signal
@@ -84,88 +83,52 @@ def all_held_ids(exclude=()):
     return out
 
 
-def _bpf(cmd, attr):
-    from pytracer.syscall import bpf
+def _open_map(map_id):
+    """The map with kernel id `map_id` (pytracer's Map: keys(), info(), close()), or None if it is gone."""
+    from pytracer.errors import PytracerError
+    from pytracer.maps import Map
 
-    return bpf(cmd, attr)
-
-
-def map_fd_by_id(map_id):
-    from pytracer import abi
-
-    return _bpf(abi.Cmd.MAP_GET_FD_BY_ID, struct.pack("<III", map_id, 0, 0))
-
-
-def map_info_fd(fd):
-    """bpf_map_info of an open map: type, id, key/value size, max entries, flags, name."""
-    from pytracer import abi
-    from pytracer.syscall import Buffer
-
-    info = Buffer(88)
-    _bpf(abi.Cmd.OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", fd, 88, info.addr))
-    mtype, mid, ksz, vsz, maxe, flags, name = struct.unpack_from("<IIIIII16s", info.raw)
-    return {"type": mtype, "id": mid, "key_size": ksz, "value_size": vsz, "max_entries": maxe, "flags": flags,
-            "name": name.split(b"\0", 1)[0].decode(errors="replace")}
+    try:
+        return Map.from_id(map_id)
+    except PytracerError:
+        return None
 
 
-def count_keys_fd(fd, key_size, limit=1 << 22):
-    return len(map_keys_fd(fd, key_size, limit))
-
-
-def map_keys_fd(fd, key_size, limit=1 << 22):
-    """Every key of an open map, as bytes."""
-    from pytracer import abi
-    from pytracer.syscall import Buffer
-
-    cur, nxt = Buffer(max(key_size, 1)), Buffer(max(key_size, 1))
-    keys, first = [], True
-    while len(keys) < limit:
-        attr = struct.pack("<IIQQ", fd, 0, 0 if first else cur.addr, nxt.addr)
-        try:
-            _bpf(abi.Cmd.MAP_GET_NEXT_KEY, attr)
-        except OSError as e:
-            if e.errno == errno.ENOENT:
-                break
-            raise
-        keys.append(nxt.raw)
-        first = False
-        cur, nxt = nxt, cur
-    return keys
-
-
-def tuples_per_netns(map_ids):
+def tuples_per_netns(map_ids, limit=1 << 22):
     """netns inode -> number of `tuples` entries (the key starts with the netns inode, a u32)."""
     out = {}
     for mid in sorted(map_ids):
-        try:
-            fd = map_fd_by_id(mid)
-        except OSError:
+        m = _open_map(mid)
+        if m is None:
             continue
         try:
-            info = map_info_fd(fd)
-            if info["name"] == "tuples":
-                for k in map_keys_fd(fd, info["key_size"]):
+            if m.name == "tuples":
+                for i, k in enumerate(m.keys()):
+                    if i >= limit:
+                        break
                     ns = struct.unpack_from("<I", k)[0]
                     out[ns] = out.get(ns, 0) + 1
         finally:
-            os.close(fd)
+            m.close()
     return out
 
 
-def map_occupancy(map_ids, names=("socks", "tuples")):
+def map_occupancy(map_ids, names=("socks", "tuples"), limit=1 << 22):
     """name -> (entries, max_entries) for the named maps among `map_ids`."""
     out = {}
     for mid in sorted(map_ids):
-        try:
-            fd = map_fd_by_id(mid)
-        except OSError:
+        m = _open_map(mid)
+        if m is None:
             continue            # gone meanwhile
         try:
-            info = map_info_fd(fd)
-            if info["name"] in names:
-                out[info["name"]] = (count_keys_fd(fd, info["key_size"]), info["max_entries"])
+            if m.name in names:
+                n = 0
+                for n, _ in enumerate(m.keys(), 1):
+                    if n >= limit:
+                        break
+                out[m.name] = (n, m.spec.max_entries)
         finally:
-            os.close(fd)
+            m.close()
     return out
 
 

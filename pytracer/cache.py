@@ -8,9 +8,8 @@ import hashlib
 import json
 import os
 import stat
-import sys
 
-from .errors import CacheError
+from .errors import CacheError, warn
 
 DEFAULT_DIR = "/var/cache/pytracer"
 FORMAT = 1
@@ -65,7 +64,7 @@ def _warn(msg):
     global _warned
     if not _warned:
         _warned = True
-        print(f"pytracer: warning: {msg}; continuing without the cache", file=sys.stderr)
+        warn(f"{msg}; continuing without the cache")
 
 
 def _usable_dir(create):

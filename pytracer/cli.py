@@ -8,7 +8,7 @@ import sys
 import time
 
 from . import __version__
-from .errors import PytracerError
+from .errors import PytracerError, on_warning
 
 CLASSIC_HEADER = "%5s %6s %-*s %5s %2s %-*s %5s %5s %s"
 DIRS = {"out": "->", "in": "<-"}
@@ -183,6 +183,8 @@ def run(argv=None):
         os.environ["PYTRACER_CACHE_DIR"] = "off"
     family = 4 if a.ipv4 else 6 if a.ipv6 else None
     snoop = writer = None
+    # library code never prints; its warnings are shown here
+    quiet = on_warning(lambda message: print(f"pytracer: warning: {message}", file=sys.stderr))
     try:
         snoop = TcpSnoop(pids=a.pid, uid=a.uid, comm=a.comm, ports=a.port, family=family, cgroup=a.cgroup,
                          no_data=a.no_data, ringbuf_size=a.ringbuf_mb << 20, use_cache=not a.no_cache)
@@ -217,6 +219,7 @@ def run(argv=None):
         print(f"pytracer: {e}", file=sys.stderr)
         return e.exit_status
     finally:
+        quiet()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if snoop is not None:
             snoop.close()

@@ -9,11 +9,9 @@ in reverse order, on every exit path.
 """
 import errno
 import os
-import struct
-import sys
 
-from . import abi, attach as attach_mod, cache, iterator, maps as maps_mod, program as program_mod
-from .errors import AttachError, KernelFeatureError, PytracerError
+from . import abi, uapi, attach as attach_mod, cache, iterator, maps as maps_mod, program as program_mod
+from .errors import AttachError, KernelFeatureError, PytracerError, warn
 from .ringbuf import RingBuffer
 from .spec import ObjectSpec
 from .syscall import Buffer, bpf, raise_from_oserror, raise_memlock_rlimit
@@ -49,7 +47,8 @@ def prepare(path, use_cache=True):
         if not os.path.exists(VMLINUX_BTF):
             raise KernelFeatureError(
                 f"this kernel exposes no BTF ({VMLINUX_BTF} is missing; it needs CONFIG_DEBUG_INFO_BTF=y, "
-                f"Linux 5.4+), so CO-RE relocation, BTF-typed tracepoints and BPF iterators are impossible")
+                f"Linux 5.4+), so CO-RE relocation, BTF-typed tracepoints and BPF iterators are impossible",
+                feature="kernel BTF", since="5.4")
         failures = apply_core_relocations(spec, BTF(spec.btf), BTF.load_vmlinux(VMLINUX_BTF)) or []
     spec.relocated = True
     if key:
@@ -120,7 +119,8 @@ class BPFObject:
         buf = Buffer(raw)
         for log_size in (0, 1 << 20):
             log = Buffer(log_size) if log_size else None
-            attr = struct.pack("<QQIII", buf.addr, log.addr if log else 0, len(raw), log_size, 1 if log else 0)
+            attr = uapi.ATTR_BTF_LOAD.pack(btf=buf.addr, btf_log_buf=log.addr if log else 0, btf_size=len(raw),
+                                           btf_log_size=log_size, btf_log_level=1 if log else 0)
             try:
                 self.btf_fd = bpf(abi.Cmd.BTF_LOAD, attr)
                 return
@@ -131,9 +131,8 @@ class BPFObject:
                     continue
                 text = log.raw.split(b"\0", 1)[0].decode("utf-8", "replace").strip()
                 # Programs still load without object BTF; only source lines in verifier logs are lost.
-                print(f"pytracer: warning: the kernel refused the object's BTF ({os.strerror(e.errno)}"
-                      f"{': ' + text.splitlines()[-1] if text else ''}); loading without line info",
-                      file=sys.stderr)
+                warn(f"the kernel refused the object's BTF ({os.strerror(e.errno)}"
+                     f"{': ' + text.splitlines()[-1] if text else ''}); loading without line info")
                 self.btf_fd = -1
                 return
 

@@ -3,7 +3,7 @@ import errno
 import os
 import struct
 
-from . import abi
+from . import abi, uapi
 from .errors import KernelFeatureError, PytracerError
 from .syscall import Buffer, bpf, raise_from_oserror
 
@@ -46,13 +46,15 @@ class Map:
 
     @classmethod
     def create(cls, spec):
-        attr = struct.pack("<IIIIIII16s", spec.map_type, spec.key_size, spec.value_size, spec.max_entries,
-                           spec.flags, 0, 0, kernel_name(spec.name))
+        attr = uapi.ATTR_MAP_CREATE.pack(map_type=spec.map_type, key_size=spec.key_size,
+                                         value_size=spec.value_size, max_entries=spec.max_entries,
+                                         map_flags=spec.flags, map_name=kernel_name(spec.name))
         try:
             fd = bpf(abi.Cmd.MAP_CREATE, attr)
         except OSError as e:
             if e.errno == errno.EINVAL and spec.map_type == abi.MapType.RINGBUF:
-                raise KernelFeatureError("this kernel has no BPF ring buffer (BPF_MAP_TYPE_RINGBUF, Linux 5.8+)") \
+                raise KernelFeatureError("this kernel has no BPF ring buffer (BPF_MAP_TYPE_RINGBUF, Linux 5.8+)",
+                                         feature="BPF_MAP_TYPE_RINGBUF", since="5.8") \
                     from None
             if e.errno == errno.EINVAL:
                 raise PytracerError(
@@ -62,6 +64,27 @@ class Map:
             raise_from_oserror(f"creating BPF map '{spec.name}'", e)
         return cls(spec, fd)
 
+    @classmethod
+    def from_id(cls, map_id):
+        """Open an existing map by its kernel id (BPF_MAP_GET_FD_BY_ID; any process's map, as root)."""
+        from .spec import MapSpec
+
+        try:
+            fd = bpf(abi.Cmd.MAP_GET_FD_BY_ID, uapi.ATTR_GET_ID.pack(start_id=map_id))
+        except OSError as e:
+            raise_from_oserror(f"opening BPF map id {map_id}", e)
+        try:
+            i = info_by_fd(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(MapSpec(name=i["name"], map_type=i["type"], key_size=i["key_size"],
+                           value_size=i["value_size"], max_entries=i["max_entries"], flags=i["map_flags"]), fd)
+
+    def info(self):
+        """The kernel's struct bpf_map_info for this map, as a dict (name decoded)."""
+        return info_by_fd(self.fd)
+
     def close(self):
         if self.fd >= 0:
             os.close(self.fd)
@@ -70,8 +93,8 @@ class Map:
     # -- element access ------------------------------------------------------------------------------
     def _elem(self, cmd, key, value_buf=None, flags=0):
         kbuf = Buffer(key) if key is not None else None
-        attr = struct.pack("<IIQQQ", self.fd, 0, kbuf.addr if kbuf else 0,
-                           value_buf.addr if value_buf else 0, flags)
+        attr = uapi.ATTR_MAP_ELEM.pack(map_fd=self.fd, key=kbuf.addr if kbuf else 0,
+                                       value=value_buf.addr if value_buf else 0, flags=flags)
         return bpf(cmd, attr)
 
     def lookup(self, key):
@@ -121,7 +144,7 @@ class Map:
 
     def freeze(self):
         try:
-            bpf(abi.Cmd.MAP_FREEZE, struct.pack("<I", self.fd))
+            bpf(abi.Cmd.MAP_FREEZE, uapi.ATTR_MAP_ELEM.pack(upto="map_fd", map_fd=self.fd))
         except OSError as e:
             raise_from_oserror(f"freezing map '{self.name}'", e)
 
@@ -133,6 +156,19 @@ class Map:
         if not self.percpu:
             vals = [vals]
         return sum(struct.unpack_from("<Q", v)[0] for v in vals)
+
+
+def info_by_fd(fd):
+    """struct bpf_map_info of an open map fd, as a dict of its fields (`name` as text)."""
+    layout = uapi.BPF_MAP_INFO
+    buf = Buffer(layout.size)
+    try:
+        bpf(abi.Cmd.OBJ_GET_INFO_BY_FD, uapi.ATTR_OBJ_INFO.pack(bpf_fd=fd, info_len=layout.size, info=buf.addr))
+    except OSError as e:
+        raise_from_oserror("reading information about a BPF map", e)
+    info = layout.unpack(buf.raw)
+    info["name"] = info["name"].split(b"\0", 1)[0].decode(errors="replace")
+    return info
 
 
 def patch_variables(spec, values):

@@ -53,7 +53,8 @@ def test_cached_spec_loads_the_same(no_leaks, tmp_path, monkeypatch):
         assert len(os.listdir(tmp_path / "cache")) == 1
 
 
-def test_cache_refuses_group_writable_dir(tmp_path, monkeypatch, capsys, kernel):
+def test_cache_refuses_group_writable_dir(tmp_path, monkeypatch, caplog, kernel):
+    """Refused, with a warning: to the `pytracer` logger (library code never prints; the CLI shows it)."""
     from pytracer import cache
 
     d = tmp_path / "c"
@@ -64,7 +65,7 @@ def test_cache_refuses_group_writable_dir(tmp_path, monkeypatch, capsys, kernel)
     monkeypatch.setattr(cache, "_warned", False)
     assert cache.put("k", {"x": 1}) is False
     assert os.listdir(d) == []
-    assert "writable by group or others" in capsys.readouterr().err
+    assert "writable by group or others" in caplog.text
 
 
 def test_ring_buffer_overflow_is_counted(no_leaks):
