@@ -24,7 +24,7 @@ PROGRAM = "getppid_probe"
 
 
 def one_run(rate, seconds, rb_bytes, cpus):
-    from pytracer import events
+    from pytracer import records as events
     from pytracer.loader import BPFObject
 
     layout = events.get_layout("probe_event")

@@ -174,7 +174,7 @@ def run_step(gen, rb, record, counters, rate, count, seq_base, work_us=0.0, time
 
 
 def record_fields(record_layout_struct):
-    from pytracer import events
+    from pytracer import records as events
 
     lay = events.get_layout("probe_event")
     return {n: i for i, n in enumerate(lay.names)}
@@ -183,7 +183,7 @@ def record_fields(record_layout_struct):
 def run(rates=DEFAULT_RATES, count=200_000, ring_bytes=64 << 10, work_us=0.0, object_path=OBJECT,
         progress=None):
     """Run the ladder; returns (rows, first rate with losses or None)."""
-    from pytracer import events
+    from pytracer import records as events
     from pytracer.loader import BPFObject
 
     if not os.path.exists(object_path):

@@ -15,7 +15,7 @@ import socket
 import time
 from collections import OrderedDict
 
-from . import abi, events as ev_mod
+from . import abi, records as ev_mod
 from .attach import tracepoint_exists
 from .errors import PytracerError
 

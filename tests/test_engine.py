@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from conftest import ROOT, assert_nothing_left, obj_path, run_env
-from pytracer import errors, events, inventory
+from pytracer import errors, inventory, records as events
 from pytracer.loader import BPFObject
 
 ENGINE = obj_path("enginetest")

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from fuzz import harness
-from pytracer import events as ev
+from pytracer import records as ev
 
 SCALE = float(os.environ.get("PYTRACER_FUZZ_EXAMPLES", "1"))
 
@@ -316,7 +316,7 @@ import os, sys, time
 sys.path.insert(0, %(root)r)
 sys.path.insert(0, %(tests)r)
 from fuzz import harness
-from pytracer import events as ev
+from pytracer import records as ev
 from pytracer.cli import JsonWriter
 
 def rss():

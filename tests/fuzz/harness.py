@@ -790,7 +790,7 @@ def target_core(which, params):
 # --- records -> lines -> output ------------------------------------------------------------------------
 
 def record_layout():
-    from pytracer import events
+    from pytracer import records as events
 
     return events.get_layout("tcpsnoop_event")
 
@@ -799,7 +799,7 @@ def record_codec():
     """(full layout, record struct, identity struct or None): the record struct is what TcpSnoop.start()
     hands the ring buffer reader, so its tuples are exactly what convert() receives in real life. (Mirrors
     start(): when events.split exists, records are decoded as head fields + the connection identity.)"""
-    from pytracer import events
+    from pytracer import records as events
 
     lay = record_layout()
     split = getattr(events, "split", None)
