@@ -66,7 +66,7 @@ def main():
     patch(attach, "attach", "attach")
     patch(attach, "tracepoint_exists", "tracepoint lookup")
     patch(loader.BPFObject, "ring_buffer", "ring buffer mmap")
-    patch(records, "get_layout", "record layout (construct)")
+    patch(records, "record_layout", "record layout (BTF -> construct)")
     from pytracer.tcpsnoop import TcpSnoop
 
     snoop = TcpSnoop(ringbuf_size=a.ringbuf_mb << 20)

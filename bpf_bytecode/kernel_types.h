@@ -59,12 +59,17 @@ enum {
 	TCP_NEW_SYN_RECV,
 };
 
-/* TCP header flag bits (byte 13 of the header) */
-#define TH_FIN	0x01
-#define TH_SYN	0x02
-#define TH_RST	0x04
-#define TH_PSH	0x08
-#define TH_ACK	0x10
+/* TCP header flag bits (byte 13 of the header); an enum so that tools can read them from BTF */
+enum tcp_flag {
+	TH_FIN = 0x01,
+	TH_SYN = 0x02,
+	TH_RST = 0x04,
+	TH_PSH = 0x08,
+	TH_ACK = 0x10,
+	TH_URG = 0x20,
+	TH_ECE = 0x40,
+	TH_CWR = 0x80,
+};
 
 /* ---- networking namespace ----------------------------------------------- */
 struct ns_common {

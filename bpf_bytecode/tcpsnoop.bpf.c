@@ -171,10 +171,10 @@ struct {
 
 EVENTS_RINGBUF(8 << 20);
 
-/* Keeps the record layout in the object's BTF for the Python-side layout test. */
+/* Keep the record and the enums in the object's BTF: user space builds its decoder and reads its
+ * constants from there (pytracer/records.py). */
 const struct tcpsnoop_event *const __unused_event = 0;
-/* Likewise for the event type numbers, which Python checks against its own constants. */
-const enum ev_type __unused_ev_type = EV_CONNECT;
+const struct tcpsnoop_enums *const __unused_enums = 0;
 
 /* x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl) */
 #define NR_read		0

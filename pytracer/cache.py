@@ -41,6 +41,11 @@ def key_for(object_bytes, extra=""):
     return h.hexdigest()
 
 
+def derived_key(key, what):
+    """The key of something derived from the object `key` names (a record layout, an enum)."""
+    return hashlib.sha256(f"{key}\0{what}".encode()).hexdigest()
+
+
 def check_safe(path):
     """Refuse a directory (or any parent) that someone other than root/us can write."""
     euid = os.geteuid()

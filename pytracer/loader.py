@@ -10,7 +10,7 @@ in reverse order, on every exit path.
 import errno
 import os
 
-from . import abi, uapi, attach as attach_mod, cache, iterator, maps as maps_mod, program as program_mod
+from . import abi, uapi, attach as attach_mod, cache, iterator, maps as maps_mod, program as program_mod, records
 from .errors import AttachError, KernelFeatureError, PytracerError, warn
 from .ringbuf import RingBuffer
 from .spec import ObjectSpec
@@ -21,6 +21,12 @@ VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 
 def prepare(path, use_cache=True):
     """ObjectSpec relocated for the running kernel, plus the CO-RE failure messages (from cache if any)."""
+    spec, failures, _key = _prepare(path, use_cache)
+    return spec, failures
+
+
+def _prepare(path, use_cache):
+    """prepare(), and the object's cache key (None with use_cache=False)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -33,7 +39,7 @@ def prepare(path, use_cache=True):
             try:
                 spec = ObjectSpec.from_dict(hit["spec"])
                 spec.path = path
-                return spec, hit["core_failures"]
+                return spec, hit["core_failures"], key
             except (KeyError, TypeError, ValueError):
                 pass  # an entry from another layout: rebuild it
     from . import elf
@@ -53,7 +59,7 @@ def prepare(path, use_cache=True):
     spec.relocated = True
     if key:
         cache.put(key, {"spec": spec.to_dict(), "core_failures": failures})
-    return spec, failures
+    return spec, failures, key
 
 
 class BPFObject:
@@ -67,6 +73,7 @@ class BPFObject:
         self.links = []
         self._ringbufs = []
         self.btf_fd = -1
+        self._key = None
         try:
             self._load(rodata or {}, map_max_entries or {}, programs, use_cache)
         except BaseException:
@@ -76,7 +83,7 @@ class BPFObject:
     # -- loading ----------------------------------------------------------------------------------------
     def _load(self, rodata, sizes, wanted, use_cache):
         raise_memlock_rlimit()
-        self.spec, self.core_failures = prepare(self.path, use_cache)
+        self.spec, self.core_failures, self._key = _prepare(self.path, use_cache)
         spec = self.spec
         if callable(wanted):
             wanted = [name for name, p in spec.programs.items() if wanted(p)]
@@ -106,6 +113,16 @@ class BPFObject:
                 continue
             self.programs[name] = program_mod.load(pspec, self.maps, self.btf_fd, spec.license,
                                                    self._source_btf, self.core_failures)
+
+    # -- the object's types -----------------------------------------------------------------------------
+    def record(self, name):
+        """records.Layout of `struct name`, a ring buffer record, built from this object's BTF (the C
+        header is the only definition; cached per object)."""
+        return records.record_layout(lambda: self.spec.btf, name, self._key)
+
+    def enums(self, *names):
+        """{constant: value} of the enums `names` in this object's BTF (event types, flags), in one dict."""
+        return records.enums(lambda: self.spec.btf, names, self._key)
 
     def _source_btf(self):
         """The object's BTF, parsed only when a rejection is to be annotated with C source lines."""

@@ -1,76 +1,99 @@
-"""Record layouts, written once with construct (mirroring bpf_bytecode/*.h), and the fast decoders derived
-from them.
+"""Record layouts, read from the BPF object's BTF, and the fast decoders derived from them.
 
-construct is the single definition; per-record construct parsing is far too slow for the ring buffer's hot
-path (tens of thousands of records/s), so `layout()` turns a construct Struct of fixed-size fields into a
-`struct.Struct` (millions of records/s) plus the field names and offsets. Tests check each layout against
-the object's BTF, field by field.
+A record's C struct (in the tool's header, e.g. bpf_bytecode/tcpsnoop.h) is its only definition: clang
+puts it in the object's BTF, `construct_from_btf` turns that into a construct Struct (integers, enums,
+byte arrays; members named `_...` and holes are padding), and `layout()` turns a construct Struct of
+fixed-size fields into a `struct.Struct` (millions of records/s; construct parses a few tens of thousands)
+plus the field names and offsets. Enum values (event types, flags) come from the same BTF (`enum_values`).
+
+What is derived is cached per object (keyed by the object's hash, see `cache.key_for`), in this process
+and on disk, so a warm start neither parses BTF nor imports construct.
+
+Pure: no system call. `python -m pytracer.records OBJECT STRUCT` prints a record's offsets.
 """
 import struct
+import sys
 from collections import namedtuple
+
+from .errors import ObjectFormatError
 
 Field = namedtuple("Field", "name offset size code")
 Layout = namedtuple("Layout", "struct names fields")
 
-# Event types and attributes: must match bpf_bytecode/tcpsnoop.h (a test checks them against BTF enums).
-(EV_CONNECT, EV_ACCEPT, EV_SEND, EV_RECV, EV_RESET, EV_CLOSE, EV_RESET_CLOSED_PORT, EV_HANDSHAKE,
- EV_OWNER) = range(1, 10)
-ATTR_OWNER_UNKNOWN = 1   # no process is known to hold the socket now: owner fields are empty
-ATTR_RETRANS = 2         # the segment's payload had all been sent before
-ATTR_DISCARD = 4         # EV_ACCEPT/EV_OWNER whose owner fails the filters: drop what was held for it
-DIR_OUT, DIR_IN = 0, 1
-TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 1, 2, 4, 8, 16
+
+# --- from BTF -------------------------------------------------------------------------------------------
+def _btf(btf):
+    from .btf import BTF
+
+    return btf if isinstance(btf, BTF) else BTF(btf)
 
 
-def tcpsnoop_event():
-    """struct tcpsnoop_event (bpf_bytecode/tcpsnoop.h)."""
-    from construct import Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct
+def _struct_type(btf, name):
+    from .abi import BTFKind
 
-    return Struct(
-        "ts_ns" / Int64ul,
-        "tx_bytes" / Int64ul,
-        "rx_bytes" / Int64ul,
-        "start_ns" / Int64ul,
-        "cgroup_id" / Int64ul,
-        "size" / Int32ul,
-        "payload" / Int32ul,
-        "type" / Int8ul,
-        "dir" / Int8ul,
-        "tcp_flags" / Int8ul,
-        "attr" / Int8ul,
-        "gso_segs" / Int16ul,
-        "gso_size" / Int16ul,
-        # the connection's identity, contiguous (see tcpsnoop.h): decoded as one key by group()
-        "sk" / Int64ul,
-        "pid" / Int32ul,
-        "uid" / Int32ul,
-        "netns" / Int32ul,
-        "lport" / Int16ul,
-        "rport" / Int16ul,
-        "laddr" / Bytes(16),
-        "raddr" / Bytes(16),
-        "comm" / Bytes(16),
-        "family" / Int8ul,
-        Padding(7),
-    )
+    for tid in btf.find_by_name(name, BTFKind.STRUCT):
+        t = btf.type(tid)
+        if t.vlen or t.size:
+            return t
+    raise ObjectFormatError(f"the object's BTF has no struct {name} (is it referenced by the program? "
+                            f"an unused pointer to it keeps it, see __unused_event in tcpsnoop.bpf.c)")
 
 
-def probe_event():
-    """struct probe_event (bpf_bytecode/enginetest.h): the synthetic producer's record."""
-    from construct import Int32ul, Int64ul, Struct
+def construct_from_btf(btf, name):
+    """The construct Struct of `struct name` from BTF (bytes or btf.BTF), little-endian."""
+    import construct
+    from .abi import BTFKind
 
-    return Struct(
-        "seq" / Int64ul,
-        "ts_ns" / Int64ul,
-        "tgid" / Int32ul,
-        "cpu" / Int32ul,
-        "arg" / Int64ul,
-    )
+    btf = _btf(btf)
+    t = _struct_type(btf, name)
+    ints = {(1, False): construct.Int8ul, (2, False): construct.Int16ul, (4, False): construct.Int32ul,
+            (8, False): construct.Int64ul, (1, True): construct.Int8sl, (2, True): construct.Int16sl,
+            (4, True): construct.Int32sl, (8, True): construct.Int64sl}
+    subcons, off = [], 0
+    for m in t.members:
+        if m.bitfield_size or m.bit_offset % 8:
+            raise ObjectFormatError(f"struct {name}: bitfield {m.name} cannot be a record field")
+        start = m.bit_offset // 8
+        if start < off:
+            raise ObjectFormatError(f"struct {name}: member {m.name} overlaps the one before it")
+        if start > off:
+            subcons.append(construct.Padding(start - off))
+        size = btf.resolve_size(m.type)
+        mt = btf.type(btf.skip_mods_and_typedefs(m.type))
+        if m.name.startswith("_") or not m.name:
+            sub = construct.Padding(size)
+        elif mt.kind == BTFKind.INT or mt.is_any_enum:
+            if (size, mt.is_signed) not in ints:
+                raise ObjectFormatError(f"struct {name}: member {m.name} is a {size}-byte integer")
+            sub = m.name / ints[(size, mt.is_signed)]
+        elif mt.kind == BTFKind.ARRAY and btf.resolve_size(mt.array.elem_type) == 1:
+            sub = m.name / construct.Bytes(size)
+        else:
+            raise ObjectFormatError(f"struct {name}: member {m.name} ({btf.describe(m.type)}) is not an "
+                                    f"integer, an enum or a byte array")
+        subcons.append(sub)
+        off = start + size
+    if t.size > off:
+        subcons.append(construct.Padding(t.size - off))
+    return construct.Struct(*subcons)
 
 
-LAYOUTS = {"tcpsnoop_event": tcpsnoop_event, "probe_event": probe_event}
+def enum_values(btf, name):
+    """{constant name: value} of `enum name` in BTF (bytes or btf.BTF)."""
+    from .abi import BTFKind
+
+    btf = _btf(btf)
+    out = {}
+    for kind in (BTFKind.ENUM, BTFKind.ENUM64):
+        for tid in btf.find_by_name(name, kind):
+            out.update(dict(btf.type(tid).values))
+    if not out:
+        raise ObjectFormatError(f"the object's BTF has no enum {name} (is a variable of that type kept? "
+                                f"see __unused_enums in tcpsnoop.bpf.c)")
+    return out
 
 
+# --- construct -> struct ------------------------------------------------------------------------------
 def _code(subcon):
     """struct-module code for one fixed-size construct field."""
     import construct
@@ -127,31 +150,89 @@ def split(lay, first):
     return head, tail
 
 
-_cache = {}
+# --- cached per object -----------------------------------------------------------------------------------
+_memo = {}
 
 
-def get_layout(name):
-    """Layout by record name, derived from construct once, then kept in this process and in the on-disk
-    cache (keyed by this file's text), so a warm start does not import construct at all."""
-    lay = _cache.get(name)
-    if lay is not None:
-        return lay
+def _cached(key, what, make, encode, decode):
+    """`make()`, kept in this process and in the on-disk cache under (object key, what)."""
+    memo_key = (key, what)
+    hit = _memo.get(memo_key)
+    if hit is not None:
+        return hit
     from . import cache
 
-    try:
-        with open(__file__, "rb") as f:
-            key = cache.key_for(f.read(), extra="layout:" + name)
-    except OSError:
-        key = None
-    hit = cache.get(key) if key else None
-    if hit is not None:
+    disk_key = cache.derived_key(key, what) if key else None
+    value = None
+    raw = cache.get(disk_key) if disk_key else None
+    if raw is not None:
         try:
-            lay = Layout(struct.Struct(hit["format"]), tuple(hit["names"]), tuple(Field(*f) for f in hit["fields"]))
+            value = decode(raw)
         except (KeyError, TypeError, ValueError, struct.error):
-            lay = None
-    if lay is None:
-        lay = layout(LAYOUTS[name]())
-        if key:
-            cache.put(key, {"format": lay.struct.format, "names": lay.names, "fields": lay.fields})
-    _cache[name] = lay
-    return lay
+            value = None
+    if value is None:
+        value = make()
+        if disk_key:
+            cache.put(disk_key, encode(value))
+    if key:
+        _memo[memo_key] = value
+    return value
+
+
+def record_layout(btf, name, key=None):
+    """Layout of `struct name`; `btf` is the object's BTF (bytes, a btf.BTF, or a callable returning
+    either, called only on a cache miss); `key` identifies the object (cache.key_for of its bytes)."""
+    return _cached(
+        key, "record:" + name, lambda: layout(construct_from_btf(btf() if callable(btf) else btf, name)),
+        lambda lay: {"format": lay.struct.format, "names": lay.names, "fields": lay.fields},
+        lambda hit: Layout(struct.Struct(hit["format"]), tuple(hit["names"]),
+                           tuple(Field(*f) for f in hit["fields"])))
+
+
+def enums(btf, names, key=None):
+    """{constant: value} of every `enum name` for name in `names`, in one dict (arguments as for
+    record_layout)."""
+    def make():
+        b = _btf(btf() if callable(btf) else btf)
+        out = {}
+        for name in names:
+            out.update(enum_values(b, name))
+        return out
+
+    return _cached(key, "enums:" + ",".join(names), make, dict,
+                   lambda hit: {str(k): int(v) for k, v in hit.items()})
+
+
+def object_btf(path):
+    """(BTF bytes, cache key) of a BPF object file, without loading it (pure: for tests and tools that
+    decode records of an object they do not load)."""
+    from . import cache
+    from .elf import read_object
+
+    with open(path, "rb") as f:
+        data = f.read()
+    return (lambda: read_object(data, path).btf), cache.key_for(data)
+
+
+def object_layout(path, name):
+    """record_layout of `struct name` in the BPF object file at `path` (cached like the loader's)."""
+    btf, key = object_btf(path)
+    return record_layout(btf, name, key)
+
+
+def main(argv=None):
+    """`python -m pytracer.records OBJECT STRUCT`: the record's fields, offsets and sizes, from BTF."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m pytracer.records OBJECT.bpf.o STRUCT", file=sys.stderr)
+        return 2
+    btf, _key = object_btf(argv[0])
+    lay = layout(construct_from_btf(btf(), argv[1]))
+    print(f"struct {argv[1]}: {lay.struct.size} bytes")
+    for f in lay.fields:
+        print(f"  {f.offset:4d} {f.name:<12} {f.size:3d}  {f.code}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

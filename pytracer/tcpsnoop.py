@@ -13,9 +13,10 @@ socket and owner (so output formats render a connection's constant columns once)
 import os
 import socket
 import time
+import types
 from collections import OrderedDict
 
-from . import abi, records as ev_mod
+from . import abi, records
 from .attach import tracepoint_exists
 from .errors import PytracerError
 
@@ -38,8 +39,20 @@ CONN_FIELDS = ("pid", "uid", "comm", "family", "laddr", "lport", "raddr", "rport
 MAX_CONNS = 16384
 SEED_ITERATORS = ("seed_owners", "seed_sockets")
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
-EVENT_NAMES = {ev_mod.EV_CONNECT: "connect", ev_mod.EV_ACCEPT: "accept", ev_mod.EV_SEND: "send",
-               ev_mod.EV_RECV: "recv", ev_mod.EV_RESET: "reset", ev_mod.EV_CLOSE: "close"}
+# The record (bpf_bytecode/tcpsnoop.h) and its constants are read from the object's BTF. convert() unpacks
+# records by position, in this order; use_types() checks it against the record in BTF.
+RECORD = "tcpsnoop_event"
+ENUMS = ("ev_type", "ev_attr", "ev_dir", "tcp_flag")
+HEAD_FIELDS = ("ts_ns", "tx_bytes", "rx_bytes", "start_ns", "cgroup_id", "size", "payload", "type", "dir",
+               "tcp_flags", "attr", "gso_segs", "gso_size")
+IDENTITY_FIELDS = ("sk", "pid", "uid", "netns", "lport", "rport", "laddr", "raddr", "comm", "family")
+
+
+def object_types(path=OBJECT):
+    """(record layout, constants) of a tcpsnoop object, from its BTF, without loading it (for tests and
+    tools that decode records they did not read from the kernel)."""
+    btf, key = records.object_btf(path)
+    return records.record_layout(btf, RECORD, key), types.SimpleNamespace(**records.enums(btf, ENUMS, key))
 
 
 def have_sock_length_tracepoints():
@@ -259,7 +272,7 @@ class TcpSnoop:
             for name in SEED_ITERATORS:
                 self.obj.run_iterator(name)
             self.rb = self.obj.ring_buffer("events")
-            self._record, self._identity = ev_mod.split(ev_mod.get_layout("tcpsnoop_event"), "sk")
+            self.use_types(self.obj.record(RECORD), types.SimpleNamespace(**self.obj.enums(*ENUMS)))
             self._lost_map = self.obj.maps["lost"]
             self._unattributed_map = self.obj.maps["unattributed"]
             self._epoch = time.time() - time.monotonic()
@@ -268,6 +281,17 @@ class TcpSnoop:
             raise
         self.started = True
         return self
+
+    def use_types(self, layout, k):
+        """Decode records with `layout` (records.Layout of struct tcpsnoop_event) and name their types and
+        flags with `k` (the constants of its enums), both from the object's BTF."""
+        if layout.names != HEAD_FIELDS + IDENTITY_FIELDS:
+            raise PytracerError(f"{self.object_path}: struct {RECORD} has the fields {', '.join(layout.names)}; "
+                                f"this pytracer decodes {', '.join(HEAD_FIELDS + IDENTITY_FIELDS)}")
+        self._record, self._identity = records.split(layout, "sk")
+        self.k = k
+        self._names = {k.EV_CONNECT: "connect", k.EV_ACCEPT: "accept", k.EV_SEND: "send", k.EV_RECV: "recv",
+                       k.EV_RESET: "reset", k.EV_CLOSE: "close"}
 
     def close(self):
         if self.obj is not None:
@@ -352,12 +376,14 @@ class TcpSnoop:
         return c
 
     def convert(self, records, out):
-        """Turn kernel records (tuples from the `head` struct of events.split) into lines appended to `out`."""
+        """Turn kernel records (tuples from the `head` struct of records.split) into lines appended to `out`."""
         epoch = self._epoch
         pending = self._pending
         conns = self._conns
-        send, recv, connect, reset = ev_mod.EV_SEND, ev_mod.EV_RECV, ev_mod.EV_CONNECT, ev_mod.EV_RESET
-        unknown = ev_mod.ATTR_OWNER_UNKNOWN
+        k = self.k
+        names = self._names
+        send, recv, connect, reset = k.EV_SEND, k.EV_RECV, k.EV_CONNECT, k.EV_RESET
+        unknown = k.ATTR_OWNER_UNKNOWN
 
         for (ts_ns, tx, rx, start_ns, _cg, size, payload, etype, direction, flags, attr, _segs, _segsize,
              ident) in records:
@@ -371,18 +397,18 @@ class TcpSnoop:
                     continue
                 if pending and conn.key in pending:
                     self._flush(conn.key, conn, out)
-                out.append((ts, EVENT_NAMES[etype], "in" if direction else "out", conn, size, payload, None))
-            elif etype == ev_mod.EV_HANDSHAKE:
+                out.append((ts, names[etype], "in" if direction else "out", conn, size, payload, None))
+            elif etype == k.EV_HANDSHAKE:
                 self._hold(conn.key, (ts, etype, direction, conn, size, payload, flags))
-            elif etype == ev_mod.EV_ACCEPT or etype == ev_mod.EV_OWNER:
-                if attr & ev_mod.ATTR_DISCARD:
+            elif etype == k.EV_ACCEPT or etype == k.EV_OWNER:
+                if attr & k.ATTR_DISCARD:
                     pending.pop(conn.key, None)
                     continue
                 held = self._flush(conn.key, conn, out)
-                if etype == ev_mod.EV_ACCEPT and not held & _HELD_HANDSHAKE:
+                if etype == k.EV_ACCEPT and not held & _HELD_HANDSHAKE:
                     # the handshake happened before pytracer started: one line stands for it
                     out.append((epoch + start_ns / 1e9 if start_ns else ts, "accept", "in", conn, 0, 0, None))
-            elif etype == ev_mod.EV_CLOSE:
+            elif etype == k.EV_CLOSE:
                 if attr & unknown:
                     held = pending.pop(conn.key, None)
                     if held and not self.filters.by_owner:   # never owned: cannot pass an owner filter
@@ -391,7 +417,7 @@ class TcpSnoop:
                     self._flush(conn.key, conn, out)
                 dur = (ts_ns - start_ns) / 1e6 if start_ns else None
                 out.append((ts, "close", "out", conn, 0, 0, (tx, rx, dur)))
-            elif etype == ev_mod.EV_RESET_CLOSED_PORT:
+            elif etype == k.EV_RESET_CLOSED_PORT:
                 held = pending.pop(conn.key, None)
                 if held:   # the SYN(s) this RST answers
                     self._lines(held, None, out)
@@ -402,10 +428,10 @@ class TcpSnoop:
         if held is None:
             if len(self._pending) >= PENDING_MAX_SOCKETS:
                 _, dropped = self._pending.popitem(last=False)
-                self.lost_pending += _segments(dropped)
+                self.lost_pending += self._segments(dropped)
             held = self._pending[key] = []
         if len(held) >= PENDING_MAX_PER_SOCKET:
-            if item[1] != ev_mod.EV_HANDSHAKE:
+            if item[1] != self.k.EV_HANDSHAKE:
                 self.lost_pending += 1
             return
         held.append(item)
@@ -418,8 +444,8 @@ class TcpSnoop:
             return 0
         return self._lines(held, owner, out)
 
-    @staticmethod
-    def _lines(held, owner, out):
+    def _lines(self, held, owner, out):
+        k = self.k
         what = 0
         relabelled = {}
         acked = False
@@ -430,34 +456,34 @@ class TcpSnoop:
                     c = relabelled[conn] = conn.with_owner(owner)
             else:
                 c = conn
-            if etype == ev_mod.EV_HANDSHAKE:
+            if etype == k.EV_HANDSHAKE:
                 what |= _HELD_HANDSHAKE
                 # the SYN, the SYN-ACK, and the first packet that completes the handshake (the ACK, or
                 # data that overtook it) are the accept lines; anything after them is data
-                if flags & ev_mod.TCP_SYN or (direction and not acked and not flags & ev_mod.TCP_RST):
-                    acked = acked or not flags & ev_mod.TCP_SYN
+                if flags & k.TH_SYN or (direction and not acked and not flags & k.TH_RST):
+                    acked = acked or not flags & k.TH_SYN
                     name = "accept" if owner is not None else "recv" if direction else "send"
-                elif flags & ev_mod.TCP_RST:
+                elif flags & k.TH_RST:
                     name = "reset"
                 else:
                     name = "recv" if direction else "send"
             else:
                 what |= _HELD_SEGMENT
-                name = EVENT_NAMES[etype]
+                name = self._names[etype]
             out.append((ts, name, "in" if direction else "out", c, size, payload, None))
         return what
+
+    def _segments(self, held):
+        """Held records that were a tracked socket's segments (handshake packets of connections never
+        accepted belong to no process, and are not losses)."""
+        handshake = self.k.EV_HANDSHAKE
+        return sum(1 for item in held if item[1] != handshake)
 
     def abandon_pending(self):
         """Stopping: segments still held for an owner that never became known are lost ("pending")."""
         for held in self._pending.values():
-            self.lost_pending += _segments(held)
+            self.lost_pending += self._segments(held)
         self._pending.clear()
 
 
 _HELD_HANDSHAKE, _HELD_SEGMENT = 1, 2
-
-
-def _segments(held):
-    """Held records that were a tracked socket's segments (handshake packets of connections never accepted
-    belong to no process, and are not losses)."""
-    return sum(1 for item in held if item[1] != ev_mod.EV_HANDSHAKE)

@@ -17,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from fuzz import harness
-from pytracer import records as ev
+
+ev = harness.constants()    # tcpsnoop's EV_*, ATTR_*, TH_* from its object's BTF
 
 SCALE = float(os.environ.get("PYTRACER_FUZZ_EXAMPLES", "1"))
 
@@ -316,7 +317,8 @@ import os, sys, time
 sys.path.insert(0, %(root)r)
 sys.path.insert(0, %(tests)r)
 from fuzz import harness
-from pytracer import records as ev
+
+ev = harness.constants()    # tcpsnoop's EV_*, ATTR_*, TH_* from its object's BTF
 from pytracer.cli import JsonWriter
 
 def rss():

@@ -790,9 +790,16 @@ def target_core(which, params):
 # --- records -> lines -> output ------------------------------------------------------------------------
 
 def record_layout():
-    from pytracer import records as events
+    from pytracer import tcpsnoop
 
-    return events.get_layout("tcpsnoop_event")
+    return tcpsnoop.object_types()[0]
+
+
+def constants():
+    """tcpsnoop's event types and flags (EV_*, ATTR_*, TH_*), from its object's BTF."""
+    from pytracer import tcpsnoop
+
+    return tcpsnoop.object_types()[1]
 
 
 def record_codec():
@@ -830,14 +837,12 @@ def decode_records(raw):
 def make_snoop(by_owner=False):
     """A TcpSnoop that convert() can run on, without loading anything into the kernel: the attributes
     start() sets for convert (the clock offset, the record decoders)."""
+    from pytracer import tcpsnoop
     from pytracer.tcpsnoop import TcpSnoop
 
     snoop = TcpSnoop(pids=[1] if by_owner else ())
     snoop._epoch = time.time() - time.monotonic()
-    _, rec, ident = record_codec()
-    snoop._record = rec
-    if ident is not None:
-        snoop._identity = ident
+    snoop.use_types(*tcpsnoop.object_types())
     return snoop
 
 
