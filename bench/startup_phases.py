@@ -39,7 +39,8 @@ def step(label, fn):
 def main():
     import importlib
 
-    cli = step("import pytracer.cli", lambda: importlib.import_module("pytracer.cli"))
+    step("import pytracer.cli", lambda: importlib.import_module("pytracer.cli"))
+    cli = importlib.import_module("pytracer.tools.tcpsnoop.cli")
     a = step("parse args", lambda: cli.parse_args([]))
     step("import tcpsnoop+syscall", lambda: (importlib.import_module("pytracer.syscall"),
                                               importlib.import_module("pytracer.tcpsnoop")))

@@ -871,7 +871,7 @@ def check_schema(d):
 def check_lines(snoop, records):
     """convert(), then the API's Event view and both output formats; every line must be well formed, and
     the JSON output must say what the API says."""
-    from pytracer.cli import ClassicWriter, JsonWriter
+    from pytracer.tools.tcpsnoop.cli import ClassicWriter, JsonWriter
     from pytracer.tcpsnoop import Event
 
     out = []
@@ -1026,7 +1026,7 @@ def _atheris_main(target, seconds, corpus, extra_args):
         import pytracer.core  # noqa: F401
         import pytracer.elf  # noqa: F401
         import pytracer.tcpsnoop  # noqa: F401
-        import pytracer.cli  # noqa: F401
+        import pytracer.tools.tcpsnoop.cli  # noqa: F401
 
     # warm the seeds outside the timed inputs
     object_seeds(), vmlinux_btf(), section_seeds(".BTF"), section_seeds(".BTF.ext")

@@ -1,94 +1,37 @@
-"""`python -m pytracer`: tcpsnoop for Linux. Argument parsing, output formats, and Unix-tool manners
-(Ctrl-C, SIGTERM, -d and a closed stdout end quietly with status 0; errors are one clear message)."""
-import argparse
+"""`pytracer tcpsnoop` (the default tool, so also plain `python -m pytracer`): tcpsnoop's command line and its
+two output formats, classic columns and JSON lines (schema: README). The flags and the read loop are the
+toolkit's (pytracer/toolkit/cli.py)."""
 import json
-import os
-import signal
 import sys
-import time
 
-from ... import __version__
-from ...errors import PytracerError, on_warning
+from ...toolkit import cli as tool_cli
+from ...toolkit.losses import LOSS_TEXT as COMMON_LOSS_TEXT
+from ...toolkit.writers import JsonLinesWriter, TextWriter
 
+DESCRIPTION = ("Trace TCP connections and segments, named after the process that caused them "
+               "(tcpsnoop for Linux, eBPF tracepoints only).")
 CLASSIC_HEADER = "%5s %6s %-*s %5s %2s %-*s %5s %5s %s"
-DIRS = {"out": "->", "in": "<-"}
 
-
-LOSS_TEXT = {
-    "ringbuf": "{n} found the ring buffer full: try --ringbuf-mb or filters",
-    "skipped": "{n} tracepoint runs skipped by the kernel while another BPF program ran on that CPU",
+# the wording of tcpsnoop's own loss reasons, next to the common ones
+LOSS_TEXT = dict(COMMON_LOSS_TEXT, **{
     "pending": "{n} held for connections whose owner was not known yet (not accepted, or handed off), "
                "beyond the buffer's bound or when pytracer stopped",
     "unattributed": "{n} segments of no socket pytracer knows (evicted from its tables, or never seen)",
-    "malformed": "{n} records of an unexpected size: the BPF object does not match this pytracer",
-}
+})
 
 
-def describe_losses(reasons):
-    return "; ".join(LOSS_TEXT[k].format(n=n) for k, n in sorted(reasons.items()))
-
-
-class _Stop(Exception):
-    """Raised from the SIGTERM handler to leave the read loop through the normal cleanup path."""
+def _flags(p):
+    p.add_argument("--no-data", action="store_true",
+                   help="connections, resets and closes only: no per-segment lines")
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(
-        prog="pytracer",
-        description="Trace TCP connections and segments, named after the process that caused them "
-                    "(tcpsnoop for Linux, eBPF tracepoints only).")
-    p.add_argument("-t", "--timestamp", action="store_true", help="print seconds since start as the first column")
-    p.add_argument("-p", "--pid", type=int, action="append", default=[], metavar="PID",
-                   help="only sockets owned by this process (repeatable)")
-    p.add_argument("-u", "--uid", type=int, help="only sockets owned by this user id")
-    p.add_argument("-c", "--comm", help="only sockets owned by a task with this name")
-    p.add_argument("-P", "--port", type=int, action="append", default=[], metavar="PORT",
-                   help="only connections with this local or remote port (repeatable)")
-    fam = p.add_mutually_exclusive_group()
-    fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 only")
-    fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 only (wide address columns)")
-    p.add_argument("--cgroup", metavar="PATH", help="only sockets owned by tasks in this cgroup v2 (or below)")
-    p.add_argument("--no-data", action="store_true",
-                   help="connections, resets and closes only: no per-segment lines")
-    p.add_argument("-j", "--json", action="store_true", help="one JSON object per line (schema: README)")
-    p.add_argument("-d", "--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
-    p.add_argument("--ringbuf-mb", type=int, default=4, metavar="MB",
-                   help="kernel ring buffer size in MiB, a power of two (default 4)")
-    p.add_argument("--no-cache", action="store_true", help="do not use the relocated-program cache")
-    p.add_argument("--version", action="version", version=f"pytracer {__version__}")
-    a = p.parse_args(argv)
-    mb = a.ringbuf_mb
-    if mb <= 0 or mb & (mb - 1):
-        p.error("--ringbuf-mb must be a power of two")
-    if a.duration is not None and a.duration < 0:
-        p.error("--duration must not be negative")
-    return a
+    return tool_cli.parse(tool_cli.parser("pytracer", DESCRIPTION, _flags), argv)
 
 
-class _Writer:
-    """Formats lines. A connection's constant columns are rendered once per Conn and reused: per line only
-    the time, size and (JSON) event fields are formatted."""
+class ClassicWriter(TextWriter):
+    loss_text = LOSS_TEXT
 
-    MAX_CACHED = 65536
-
-    def __init__(self, out):
-        self.out = out
-        self._conn_text = {}
-
-    def rendered(self, conn):
-        text = self._conn_text.get(conn)
-        if text is None:
-            if len(self._conn_text) >= self.MAX_CACHED:
-                self._conn_text.clear()
-            text = self._conn_text[conn] = self.render(conn)
-        return text
-
-    def emit(self, parts):
-        self.out.write("".join(parts))
-        self.out.flush()
-
-
-class ClassicWriter(_Writer):
     def __init__(self, out, timestamps, wide, t0):
         super().__init__(out)
         self.t0 = t0
@@ -121,14 +64,9 @@ class ClassicWriter(_Writer):
                     close_pre, suffix, tx, rx, "-" if dur is None else "%.3f" % dur))
         self.emit(parts)
 
-    def lost(self, count, reasons):
-        sys.stderr.write(f"pytracer: {count} events lost ({describe_losses(reasons)})\n")
-        sys.stderr.flush()
 
-
-class JsonWriter(_Writer):
-    def header(self):
-        pass
+class JsonWriter(JsonLinesWriter):
+    loss_text = LOSS_TEXT
 
     def render(self, c):
         return (', "pid": %d, "uid": %d, "comm": %s, "family": %d, "laddr": "%s", "lport": %d, "raddr": "%s", '
@@ -149,111 +87,21 @@ class JsonWriter(_Writer):
                              % (ts, d, rendered(conn), tx, rx, "null" if dur is None else "%.3f" % dur))
         self.emit(parts)
 
-    def lost(self, count, reasons):
-        self.out.write('{"ts": %.6f, "event": "lost", "count": %d, "reasons": %s}\n'
-                       % (time.time(), count, json.dumps(reasons, sort_keys=True)))
-        self.out.flush()
+
+def make_tracer(a):
+    from .tracer import TcpSnoop
+
+    return TcpSnoop(filters=tool_cli.filters(a), no_data=a.no_data, ringbuf_size=a.ringbuf_mb << 20,
+                    use_cache=not a.no_cache)
 
 
-def _quiet_stdout():
-    """After EPIPE, point stdout at /dev/null so the interpreter's final flush cannot complain."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except OSError:
-        pass
+def make_writer(a, t0):
+    return JsonWriter(sys.stdout) if a.json else ClassicWriter(sys.stdout, a.timestamp, a.ipv6, t0)
 
 
 def run(argv=None):
-    def on_term(signum, frame):
-        raise _Stop()
-
-    # first of all, so that a SIGTERM at any moment takes the same quiet way out
-    signal.signal(signal.SIGTERM, on_term)
-    a = parse_args(sys.argv[1:] if argv is None else argv)
-    from ...syscall import missing_capabilities
-    from .tracer import TcpSnoop
-
-    if os.geteuid() != 0 and missing_capabilities():
-        print(f"pytracer: needs root, or CAP_BPF and CAP_PERFMON (missing: {', '.join(missing_capabilities())}). "
-              f"Run it with sudo.", file=sys.stderr)
-        return 4
-    if a.no_cache:
-        os.environ["PYTRACER_CACHE_DIR"] = "off"
-    family = 4 if a.ipv4 else 6 if a.ipv6 else None
-    snoop = writer = None
-    # library code never prints; its warnings are shown here
-    quiet = on_warning(lambda message: print(f"pytracer: warning: {message}", file=sys.stderr))
-    try:
-        snoop = TcpSnoop(pids=a.pid, uid=a.uid, comm=a.comm, ports=a.port, family=family, cgroup=a.cgroup,
-                         no_data=a.no_data, ringbuf_size=a.ringbuf_mb << 20, use_cache=not a.no_cache)
-        snoop.start()
-        for note in snoop.fallbacks:
-            print(f"pytracer: note: {note}", file=sys.stderr)
-        t0 = time.time()
-        writer = JsonWriter(sys.stdout) if a.json else ClassicWriter(sys.stdout, a.timestamp, a.ipv6, t0)
-        writer.header()
-        end = None if a.duration is None else time.monotonic() + a.duration
-        last_loss_check = 0.0
-        while True:
-            now = time.monotonic()
-            if end is not None and now >= end:
-                break
-            wait = 0.5 if end is None else min(0.5, end - now)
-            lines = snoop.poll_lines(wait)
-            if lines:
-                writer.write(lines)
-            if now - last_loss_check >= 0.5:
-                last_loss_check = now
-                _report_losses(snoop, writer)
-        _drain(snoop, writer)
-        return 0
-    except (KeyboardInterrupt, _Stop):
-        _final_report(snoop, writer)
-        return 0
-    except BrokenPipeError:
-        _quiet_stdout()
-        return 0
-    except PytracerError as e:
-        print(f"pytracer: {e}", file=sys.stderr)
-        return e.exit_status
-    finally:
-        quiet()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        if snoop is not None:
-            snoop.close()
+    return tool_cli.run(argv, parse_args, make_tracer, make_writer)
 
 
-def _report_losses(snoop, writer):
-    lost = snoop.new_losses()
-    if lost:
-        writer.lost(lost, snoop.last_losses)
-
-
-def _drain(snoop, writer):
-    """Print what is already in the ring buffer, and any losses."""
-    lines = snoop.drain_lines()
-    if lines:
-        writer.write(lines)
-    _report_losses(snoop, writer)
-
-
-def _final_report(snoop, writer):
-    """On Ctrl-C/SIGTERM: print what is already read and any losses, then go."""
-    if writer is None or snoop is None or snoop.obj is None:
-        return
-    try:
-        _drain(snoop, writer)
-    except BrokenPipeError:
-        _quiet_stdout()
-    except (PytracerError, KeyboardInterrupt, _Stop):
-        pass
-
-
-def main():
-    try:
-        status = run()
-    except (KeyboardInterrupt, _Stop):
-        status = 0
-    sys.exit(status)
+def main(argv=None):
+    tool_cli.main(lambda: run(argv))

@@ -10,7 +10,6 @@ tuples (ts, event, dir, conn, size, payload, close) where `conn` is a Conn share
 socket and owner (so output formats render a connection's constant columns once) and `close` is
 (tx_bytes, rx_bytes, duration_ms) for close lines, else None. API users get Event objects.
 """
-import os
 import socket
 import time
 import types
@@ -19,11 +18,12 @@ from collections import OrderedDict
 from ... import abi, records
 from ...attach import tracepoint_exists
 from ...errors import PytracerError
+from ...toolkit.filters import Filters
+from ...toolkit.losses import Losses
+from ...toolkit.objects import object_path
+from ...toolkit.owners import escape_comm
 
-OBJECT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bpf",
-                      "tcpsnoop.bpf.o")
-MAX_PIDS = 8
-MAX_PORTS = 8
+OBJECT = object_path("tcpsnoop")
 DEFAULT_RINGBUF = 4 << 20
 # Records taken from the ring buffer per read: big enough to amortise the call, small enough that the
 # lines made from one batch stay a few MB (memory stays flat under load).
@@ -128,117 +128,14 @@ class Event:
         return f"Event({self.as_dict()!r})"
 
 
-def escape_comm(raw):
-    """A task name as printable text. The traced process chooses it (prctl), so control characters,
-    escape sequences and invalid UTF-8 are shown as \\xNN escapes, never passed to the terminal; a
-    backslash itself is escaped too, so a name cannot pass for another one in the output."""
-    raw = raw.split(b"\0", 1)[0]
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    if text is not None and text.isprintable() and "\\" not in text:
-        return text
-    out = []
-    for b in raw.decode("utf-8", "surrogateescape"):
-        o = ord(b)
-        if 0xDC80 <= o <= 0xDCFF:          # an undecodable byte
-            out.append("\\x%02x" % (o - 0xDC00))
-        elif b == "\\" or not b.isprintable():
-            out.append("\\x%02x" % o if o < 256 else b.encode("unicode_escape").decode())
-        else:
-            out.append(b)
-    return "".join(out)
-
-
-class Filters:
-    """What to trace. Evaluated in the kernel on each socket's owner (see tcpsnoop.bpf.c)."""
-
-    def __init__(self, pids=(), uid=None, comm=None, ports=(), family=None, cgroup=None, no_data=False):
-        self.pids = [int(p) for p in pids]
-        self.uid = uid
-        self.comm = comm
-        self.ports = [int(p) for p in ports]
-        self.family = family
-        self.cgroup = cgroup
-        self.no_data = no_data
-        if len(self.pids) > MAX_PIDS:
-            raise PytracerError(f"at most {MAX_PIDS} --pid filters")
-        if len(self.ports) > MAX_PORTS:
-            raise PytracerError(f"at most {MAX_PORTS} --port filters")
-        if any(not 0 < p < 65536 for p in self.ports):
-            raise PytracerError("ports must be between 1 and 65535")
-        if family not in (None, 4, 6):
-            raise PytracerError("family must be 4 or 6")
-        if comm is not None and len(comm.encode()) > 15:
-            raise PytracerError("--comm matches the kernel's task name, at most 15 bytes")
-
-    @property
-    def by_owner(self):
-        return bool(self.pids or self.uid is not None or self.comm is not None or self.cgroup)
-
-    def rodata(self):
-        vals = {"no_data": int(self.no_data)}
-        if self.pids:
-            vals["filter_pids"] = b"".join(p.to_bytes(4, "little") for p in self.pids)
-            vals["n_pids"] = len(self.pids)
-        if self.uid is not None:
-            vals["filter_uid"] = self.uid
-            vals["has_uid"] = 1
-        if self.comm is not None:
-            vals["filter_comm"] = self.comm.encode()
-            vals["has_comm"] = 1
-        if self.ports:
-            vals["filter_ports"] = b"".join(p.to_bytes(2, "little") for p in self.ports)
-            vals["n_ports"] = len(self.ports)
-        if self.family:
-            vals["filter_family"] = self.family
-        if self.cgroup:
-            cg_id, level = cgroup_id_and_level(self.cgroup)
-            vals["filter_cgroup_id"] = cg_id
-            vals["filter_cgroup_level"] = level
-            vals["has_cgroup"] = 1
-        return vals
-
-
-def cgroup2_mount():
-    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid
-    systems), or None."""
-    try:
-        with open("/proc/self/mounts") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) > 2 and parts[2] == "cgroup2":
-                    return parts[1]
-    except OSError:
-        pass
-    return None
-
-
-def cgroup_id_and_level(path):
-    """cgroup v2 id (the directory's inode number) and its depth below the root, for --cgroup. `path` is a
-    directory in the cgroup2 mount, or a path relative to its root (as in /proc/PID/cgroup)."""
-    root = cgroup2_mount()
-    if root is None:
-        raise PytracerError("--cgroup needs the cgroup v2 hierarchy, and none is mounted")
-    full = path if os.path.isabs(path) and path.startswith(root) else os.path.join(root, path.lstrip("/"))
-    try:
-        st = os.stat(full)
-    except OSError as e:
-        raise PytracerError(f"--cgroup {path}: {e.strerror} ({full})") from None
-    rel = os.path.relpath(os.path.realpath(full), os.path.realpath(root))
-    if rel.startswith(".."):
-        raise PytracerError(f"--cgroup {path} is not inside the cgroup v2 hierarchy at {root}")
-    level = 0 if rel == "." else len(rel.split(os.sep))
-    return st.st_ino, level
-
-
 class TcpSnoop:
     """Load, attach, read. Use as a context manager (or call close()): every kernel object is released."""
 
     def __init__(self, pids=(), uid=None, comm=None, ports=(), family=None, cgroup=None, no_data=False,
-                 ringbuf_size=DEFAULT_RINGBUF, object_path=OBJECT, use_cache=True):
-        self.filters = Filters(pids, uid, comm, ports, family, cgroup, no_data)
+                 ringbuf_size=DEFAULT_RINGBUF, object_path=OBJECT, use_cache=True, filters=None):
+        """The filters as keywords (pids, uid, comm, ports, family, cgroup) or as one toolkit Filters."""
+        self.filters = filters if filters is not None else Filters(pids, uid, comm, ports, family, cgroup)
+        self.no_data = no_data
         self.ringbuf_size = ringbuf_size
         self.object_path = object_path
         self.use_cache = use_cache
@@ -246,7 +143,6 @@ class TcpSnoop:
         self.lost_kernel = 0        # records the BPF side could not reserve (ring buffer full)
         self.lost_pending = 0       # records dropped from the bounded pre-accept buffer
         self.skipped = 0            # program runs the kernel skipped (recursion protection)
-        self._reported = {}
         self.last_losses = {}
         self._pending = OrderedDict()   # Conn.key -> [records whose owner is not known yet]
         self._conns = {}            # identity bytes (see tcpsnoop.h) -> Conn
@@ -263,7 +159,7 @@ class TcpSnoop:
         if not have_sock_len:
             self.fallbacks.append("sock:sock_send_length is missing (Linux < 6.3): process attribution "
                                   "uses syscall tracepoints instead")
-        self.obj = BPFObject(self.object_path, rodata=self.filters.rodata(),
+        self.obj = BPFObject(self.object_path, rodata=dict(self.filters.rodata(), no_data=int(self.no_data)),
                              map_max_entries={"events": self.ringbuf_size},
                              programs=lambda p: wanted_program(p, have_sock_len), use_cache=self.use_cache)
         try:
@@ -274,8 +170,9 @@ class TcpSnoop:
                 self.obj.run_iterator(name)
             self.rb = self.obj.ring_buffer("events")
             self.use_types(self.obj.record(RECORD), types.SimpleNamespace(**self.obj.enums(*ENUMS)))
-            self._lost_map = self.obj.maps["lost"]
-            self._unattributed_map = self.obj.maps["unattributed"]
+            unattributed = self.obj.maps["unattributed"]
+            self._losses = Losses(self.obj, self.rb, {"pending": lambda: self.lost_pending,
+                                                      "unattributed": unattributed.sum_percpu_u64})
             self._epoch = time.time() - time.monotonic()
         except BaseException:
             self.close()
@@ -335,13 +232,9 @@ class TcpSnoop:
         (records of an unexpected size: the object and this pytracer disagree on the layout)."""
         if self.obj is None:
             return 0
-        self.lost_kernel = self._lost_map.sum_percpu_u64()
-        self.skipped = sum(p.recursion_misses() for p in self.obj.programs.values())
-        totals = {"ringbuf": self.lost_kernel, "skipped": self.skipped, "pending": self.lost_pending,
-                  "malformed": self.rb.malformed, "unattributed": self._unattributed_map.sum_percpu_u64()}
-        self.last_losses = {k: v - self._reported.get(k, 0) for k, v in totals.items()
-                            if v - self._reported.get(k, 0)}
-        self._reported = totals
+        self.last_losses = self._losses.new()
+        self.lost_kernel = self._losses.totals["ringbuf"]
+        self.skipped = self._losses.totals["skipped"]
         return sum(self.last_losses.values())
 
     def events(self, duration=None, timeout=0.25):
