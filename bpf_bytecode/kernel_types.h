@@ -43,8 +43,8 @@
 #define S_IFMT		00170000
 #define S_IFSOCK	0140000
 
-/* include/net/tcp_states.h */
-enum {
+/* include/net/tcp_states.h; named so that tools can read the names from BTF */
+enum tcp_state {
 	TCP_ESTABLISHED = 1,
 	TCP_SYN_SENT,
 	TCP_SYN_RECV,
@@ -194,6 +194,15 @@ struct task_struct {
 	struct css_set *cgroups;
 	char comm[16];
 } __pa;
+
+/* ---- classic tracepoint contexts (/sys/kernel/tracing/events/<category>/<name>/format) ---- */
+struct trace_event_raw_inet_sock_set_state {
+	__u64 common;
+	const void *skaddr;
+	int oldstate, newstate;
+	__u16 sport, dport, family, protocol;
+	__u8 saddr[4], daddr[4], saddr_v6[16], daddr_v6[16];
+};
 
 /* ---- BPF iterator contexts (kernel/bpf/task_iter.c, net/ipv4/tcp_ipv4.c) ------- */
 struct seq_file;
