@@ -7,6 +7,8 @@ in reverse order, on every exit path.
         rb = obj.ring_buffer("events")
         text = obj.run_iterator("dump_tasks")   # an iter/task program: one pass, its output
 """
+from __future__ import annotations
+
 import errno
 import os
 
@@ -19,7 +21,7 @@ from .syscall import Buffer, bpf, raise_from_oserror, raise_memlock_rlimit
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 
 
-def prepare(path, use_cache=True):
+def prepare(path: str, use_cache: bool = True) -> tuple[ObjectSpec, list[str]]:
     """ObjectSpec relocated for the running kernel, plus the CO-RE failure messages (from cache if any)."""
     spec, failures, _key = _prepare(path, use_cache)
     return spec, failures
@@ -63,7 +65,8 @@ def _prepare(path, use_cache):
 
 
 class BPFObject:
-    def __init__(self, path, rodata=None, map_max_entries=None, programs=None, use_cache=True):
+    def __init__(self, path: str, rodata: dict[str, bytes | int] | None = None,
+                 map_max_entries: dict[str, int] | None = None, programs=None, use_cache: bool = True):
         """Load `path`: `rodata` sets `const volatile` globals, `map_max_entries` resizes maps (e.g. the
         ring buffer), `programs` limits which programs are loaded: names, or a predicate on ProgramSpec
         (default: all). Programs that will not be attached are best not loaded: verifying costs time."""
@@ -115,12 +118,12 @@ class BPFObject:
                                                    self._source_btf, self.core_failures)
 
     # -- the object's types -----------------------------------------------------------------------------
-    def record(self, name):
+    def record(self, name: str) -> records.Layout:
         """records.Layout of `struct name`, a ring buffer record, built from this object's BTF (the C
         header is the only definition; cached per object)."""
         return records.record_layout(lambda: self.spec.btf, name, self._key)
 
-    def enums(self, *names):
+    def enums(self, *names: str) -> dict[str, int]:
         """{constant: value} of the enums `names` in this object's BTF (event types, flags), in one dict."""
         return records.enums(lambda: self.spec.btf, names, self._key)
 
@@ -154,7 +157,7 @@ class BPFObject:
                 return
 
     # -- attaching and reading ---------------------------------------------------------------------------
-    def attach(self, names=None):
+    def attach(self, names: list[str] | None = None) -> list[attach_mod.Link]:
         """Attach the named programs (default: every loaded one that is not an iterator; iterators run on
         demand, see run_iterator). Returns the new links."""
         if names is None:
@@ -169,13 +172,13 @@ class BPFObject:
             new.append(link)
         return new
 
-    def run_iterator(self, name, link_info=b""):
+    def run_iterator(self, name: str, link_info: bytes = b"") -> bytes:
         """Run iterator program `name` (an iter/<target> section) over every object of its target once
         and return what it wrote (b"" if it only updates maps). Nothing stays in the kernel afterwards.
         `link_info` is a union bpf_iter_link_info, e.g. iterator.task_link_info(pid=...)."""
         return iterator.run(self._iterator_program(name), link_info)
 
-    def iterator(self, name, link_info=b""):
+    def iterator(self, name: str, link_info: bytes = b"") -> iterator.Iterator:
         """An Iterator for program `name` that keeps its link, for repeated runs (`.read()`); this object
         owns it and closes it with its links."""
         it = iterator.Iterator(self._iterator_program(name), link_info)
@@ -196,7 +199,7 @@ class BPFObject:
                                 f"(iter/<target> section)")
         return prog
 
-    def ring_buffer(self, map_name):
+    def ring_buffer(self, map_name: str) -> RingBuffer:
         m = self.maps[map_name]
         if m.spec.map_type != abi.MapType.RINGBUF:
             raise PytracerError(f"map '{map_name}' is not a ring buffer")
@@ -205,7 +208,7 @@ class BPFObject:
         return rb
 
     # -- lifetime ----------------------------------------------------------------------------------------
-    def close(self):
+    def close(self) -> None:
         """Release everything, links first (so programs stop firing), then ring buffers, programs, maps."""
         for group in (self.links, self._ringbufs):
             while group:

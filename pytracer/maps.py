@@ -1,10 +1,14 @@
 """BPF maps: creation from a MapSpec, element access, and the global-data (.rodata/.data/.bss) helpers."""
+from __future__ import annotations
+
 import errno
 import os
 import struct
+from collections.abc import Iterator
 
 from . import abi, uapi
 from .errors import KernelFeatureError, PytracerError
+from .spec import MapSpec
 from .syscall import Buffer, bpf, raise_from_oserror
 
 _MAP_NAME_OK = set(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.")
@@ -65,10 +69,8 @@ class Map:
         return cls(spec, fd)
 
     @classmethod
-    def from_id(cls, map_id):
+    def from_id(cls, map_id: int) -> Map:
         """Open an existing map by its kernel id (BPF_MAP_GET_FD_BY_ID; any process's map, as root)."""
-        from .spec import MapSpec
-
         try:
             fd = bpf(abi.Cmd.MAP_GET_FD_BY_ID, uapi.ATTR_GET_ID.pack(start_id=map_id))
         except OSError as e:
@@ -81,7 +83,7 @@ class Map:
         return cls(MapSpec(name=i["name"], map_type=i["type"], key_size=i["key_size"],
                            value_size=i["value_size"], max_entries=i["max_entries"], flags=i["map_flags"]), fd)
 
-    def info(self):
+    def info(self) -> dict:
         """The kernel's struct bpf_map_info for this map, as a dict (name decoded)."""
         return info_by_fd(self.fd)
 
@@ -97,7 +99,7 @@ class Map:
                                        value=value_buf.addr if value_buf else 0, flags=flags)
         return bpf(cmd, attr)
 
-    def lookup(self, key):
+    def lookup(self, key: bytes) -> bytes | list[bytes] | None:
         """Value bytes for `key` (for per-CPU maps: a list with one bytes per possible CPU), or None."""
         vbuf = Buffer(self.slot * self.ncpus)
         try:
@@ -111,13 +113,13 @@ class Map:
             return [raw[i * self.slot:i * self.slot + self.value_size] for i in range(self.ncpus)]
         return raw
 
-    def update(self, key, value, flags=abi.BPF_ANY):
+    def update(self, key: bytes, value: bytes, flags: int = abi.BPF_ANY) -> None:
         try:
             self._elem(abi.Cmd.MAP_UPDATE_ELEM, key, Buffer(value), flags)
         except OSError as e:
             raise_from_oserror(f"writing map '{self.name}'", e)
 
-    def delete(self, key):
+    def delete(self, key: bytes) -> bool:
         try:
             self._elem(abi.Cmd.MAP_DELETE_ELEM, key)
         except OSError as e:
@@ -126,7 +128,7 @@ class Map:
             raise_from_oserror(f"deleting from map '{self.name}'", e)
         return True
 
-    def keys(self):
+    def keys(self) -> Iterator[bytes]:
         key = None
         nbuf = Buffer(self.key_size)
         while True:
@@ -148,7 +150,7 @@ class Map:
         except OSError as e:
             raise_from_oserror(f"freezing map '{self.name}'", e)
 
-    def sum_percpu_u64(self, key=b"\0\0\0\0"):
+    def sum_percpu_u64(self, key: bytes = b"\0\0\0\0") -> int:
         """Sum of a per-CPU u64 counter (e.g. records the BPF side could not reserve)."""
         vals = self.lookup(key)
         if vals is None:
@@ -158,7 +160,7 @@ class Map:
         return sum(struct.unpack_from("<Q", v)[0] for v in vals)
 
 
-def info_by_fd(fd):
+def info_by_fd(fd: int) -> dict:
     """struct bpf_map_info of an open map fd, as a dict of its fields (`name` as text)."""
     layout = uapi.BPF_MAP_INFO
     buf = Buffer(layout.size)
@@ -171,7 +173,7 @@ def info_by_fd(fd):
     return info
 
 
-def patch_variables(spec, values):
+def patch_variables(spec: MapSpec, values: dict[str, bytes | int]) -> None:
     """Write `values` (name -> bytes or int) into a global-data MapSpec's initial image before load.
 
     This is how `const volatile` settings (filters) reach the kernel: they are part of .rodata, which the

@@ -11,6 +11,8 @@ and on disk, so a warm start neither parses BTF nor imports construct.
 
 Pure: no system call. `python -m pytracer.records OBJECT STRUCT` prints a record's offsets.
 """
+from __future__ import annotations
+
 import struct
 import sys
 from collections import namedtuple
@@ -39,7 +41,7 @@ def _struct_type(btf, name):
                             f"an unused pointer to it keeps it, see __unused_event in tcpsnoop.bpf.c)")
 
 
-def construct_from_btf(btf, name):
+def construct_from_btf(btf, name: str):
     """The construct Struct of `struct name` from BTF (bytes or btf.BTF), little-endian."""
     import construct
     from .abi import BTFKind
@@ -78,7 +80,7 @@ def construct_from_btf(btf, name):
     return construct.Struct(*subcons)
 
 
-def enum_values(btf, name):
+def enum_values(btf, name: str) -> dict[str, int]:
     """{constant name: value} of `enum name` in BTF (bytes or btf.BTF)."""
     from .abi import BTFKind
 
@@ -109,7 +111,7 @@ def _code(subcon):
     raise TypeError(f"cannot derive a struct code for {subcon!r}")
 
 
-def layout(con):
+def layout(con) -> Layout:
     """struct.Struct, field names (in tuple order) and field offsets for a construct Struct."""
     import construct
 
@@ -127,7 +129,7 @@ def layout(con):
     return Layout(s, tuple(names), tuple(fields))
 
 
-def split(lay, first):
+def split(lay: Layout, first: str) -> tuple[struct.Struct, struct.Struct]:
     """Two structs for a record whose fields from `first` to the end form a key (e.g. a connection's
     identity): `head` decodes the fields before `first` one by one and everything after as one bytes
     object (hashable, cheap to compare); `tail` decodes that bytes object into its fields."""
@@ -179,7 +181,7 @@ def _cached(key, what, make, encode, decode):
     return value
 
 
-def record_layout(btf, name, key=None):
+def record_layout(btf, name: str, key: str | None = None) -> Layout:
     """Layout of `struct name`; `btf` is the object's BTF (bytes, a btf.BTF, or a callable returning
     either, called only on a cache miss); `key` identifies the object (cache.key_for of its bytes)."""
     return _cached(
@@ -189,7 +191,7 @@ def record_layout(btf, name, key=None):
                            tuple(Field(*f) for f in hit["fields"])))
 
 
-def enums(btf, names, key=None):
+def enums(btf, names, key: str | None = None) -> dict[str, int]:
     """{constant: value} of every `enum name` for name in `names`, in one dict (arguments as for
     record_layout)."""
     def make():
@@ -203,7 +205,7 @@ def enums(btf, names, key=None):
                    lambda hit: {str(k): int(v) for k, v in hit.items()})
 
 
-def object_btf(path):
+def object_btf(path: str):
     """(BTF bytes, cache key) of a BPF object file, without loading it (pure: for tests and tools that
     decode records of an object they do not load)."""
     from . import cache
@@ -214,7 +216,7 @@ def object_btf(path):
     return (lambda: read_object(data, path).btf), cache.key_for(data)
 
 
-def object_layout(path, name):
+def object_layout(path: str, name: str) -> Layout:
     """record_layout of `struct name` in the BPF object file at `path` (cached like the loader's)."""
     btf, key = object_btf(path)
     return record_layout(btf, name, key)
