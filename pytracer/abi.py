@@ -204,17 +204,3 @@ CAP_PERFMON = 38
 CAP_BPF = 39
 RLIMIT_MEMLOCK = 8
 
-
-class TCPState(enum.IntEnum):
-    ESTABLISHED = 1
-    SYN_SENT = 2
-    SYN_RECV = 3
-    FIN_WAIT1 = 4
-    FIN_WAIT2 = 5
-    TIME_WAIT = 6
-    CLOSE = 7
-    CLOSE_WAIT = 8
-    LAST_ACK = 9
-    LISTEN = 10
-    CLOSING = 11
-    NEW_SYN_RECV = 12

@@ -12,7 +12,7 @@ import stat
 from .errors import CacheError, warn
 
 DEFAULT_DIR = "/var/cache/pytracer"
-FORMAT = 1
+FORMAT = 2          # 2: MapSpec without BTF key/value type ids
 _warned = False
 
 

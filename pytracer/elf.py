@@ -403,7 +403,6 @@ class _Reader:
                 if mt.kind != abi.BTFKind.PTR:
                     raise self._error(f"map '{name}' field {m.name} is not __type()")
                 fields[m.name + "_size"] = btf.resolve_size(mt.type)
-                fields[m.name + "_type_id"] = mt.type
             else:
                 raise self._error(f"map '{name}' uses unsupported attribute '{m.name}'")
         if "type" not in fields:
@@ -415,6 +414,4 @@ class _Reader:
         if mtype == abi.MapType.RINGBUF:
             key_size = value_size = 0
         return MapSpec(name=name, map_type=mtype, key_size=key_size, value_size=value_size,
-                       max_entries=max_entries, flags=fields.get("map_flags", 0),
-                       btf_key_type_id=fields.get("key_type_id", 0),
-                       btf_value_type_id=fields.get("value_type_id", 0))
+                       max_entries=max_entries, flags=fields.get("map_flags", 0))
