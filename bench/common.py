@@ -18,6 +18,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BUILD = os.path.join(HERE, "build")
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+from support.procview import cpu_seconds  # noqa: E402,F401  (the one definition, shared with tests/)
+
 PY = os.environ.get("BENCH_PYTHON", sys.executable)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -353,13 +357,6 @@ def default_signals(cpus=None):
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if cpus is not None:
         os.sched_setaffinity(0, set(cpus))
-
-
-def cpu_seconds(pid):
-    """user+sys CPU seconds of a running process (all threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        parts = f.read().rsplit(")", 1)[1].split()
-    return (int(parts[11]) + int(parts[12])) / CLK_TCK
 
 
 class Running:

@@ -24,10 +24,10 @@ PROGRAM = "getppid_probe"
 
 
 def one_run(rate, seconds, rb_bytes, cpus):
-    from pytracer import events
+    from pytracer import records as events
     from pytracer.loader import BPFObject
 
-    layout = events.get_layout("probe_event")
+    layout = events.object_layout(OBJ, "probe_event")
     prod_cpu, cons_cpu = cpus
     prod = subprocess.Popen(common.loadgen_cmd() + ["producer", str(seconds), str(rate)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True,

@@ -174,16 +174,16 @@ def run_step(gen, rb, record, counters, rate, count, seq_base, work_us=0.0, time
 
 
 def record_fields(record_layout_struct):
-    from pytracer import events
+    from pytracer import records as events
 
-    lay = events.get_layout("probe_event")
+    lay = events.object_layout(OBJECT, "probe_event")
     return {n: i for i, n in enumerate(lay.names)}
 
 
 def run(rates=DEFAULT_RATES, count=200_000, ring_bytes=64 << 10, work_us=0.0, object_path=OBJECT,
         progress=None):
     """Run the ladder; returns (rows, first rate with losses or None)."""
-    from pytracer import events
+    from pytracer import records as events
     from pytracer.loader import BPFObject
 
     if not os.path.exists(object_path):
@@ -195,7 +195,7 @@ def run(rates=DEFAULT_RATES, count=200_000, ring_bytes=64 << 10, work_us=0.0, ob
         if not first or first[0] != "READY":
             raise Setup("the generator did not start")
         tgid = int(first[1])
-        record = events.get_layout("probe_event").struct
+        record = events.object_layout(object_path, "probe_event").struct
         rows = []
         with BPFObject(object_path, rodata={"target_tgid": tgid}, map_max_entries={"events": ring_bytes},
                        use_cache=False) as obj:

@@ -24,7 +24,6 @@ the BPF programs, maps and links it held must be gone from the kernel.
 Exit status: 0 all checks passed, 1 a check failed (growth, leftovers, exit status, invalid output), 2 setup.
 """
 import argparse
-import errno
 import json
 import os
 import signal
@@ -41,161 +40,58 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import sh  # noqa: E402
+from support.procview import cpu_seconds, fdinfo_ids, kernel_snapshot, leftovers, wait_attached  # noqa: E402
 
 THIS = os.path.abspath(__file__)
 
 
-# =====================================================================================================
-# Kernel inspection, independent of pytracer's BPFObject (only the raw bpf() wrapper is shared)
-# =====================================================================================================
+def _open_map(map_id):
+    """The map with kernel id `map_id` (pytracer's Map: keys(), info(), close()), or None if it is gone."""
+    from pytracer.errors import PytracerError
+    from pytracer.maps import Map
 
-def fdinfo_ids(pid):
-    """BPF program, map and link ids held through file descriptors of process `pid`."""
-    out = {"prog": set(), "map": set(), "link": set()}
-    base = f"/proc/{pid}/fdinfo"
     try:
-        names = os.listdir(base)
-    except OSError:
-        return out
-    for name in names:
-        try:
-            with open(os.path.join(base, name)) as f:
-                text = f.read()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-        if "link_id" in fields:
-            out["link"].add(int(fields["link_id"]))
-        elif "map_id" in fields:
-            out["map"].add(int(fields["map_id"]))
-        elif "prog_id" in fields:
-            out["prog"].add(int(fields["prog_id"]))
-    return out
+        return Map.from_id(map_id)
+    except PytracerError:
+        return None
 
 
-def all_held_ids(exclude=()):
-    """Union of fdinfo_ids over every live process (except `exclude`)."""
-    out = {"prog": set(), "map": set(), "link": set()}
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) in exclude:
-            continue
-        for k, v in fdinfo_ids(int(d)).items():
-            out[k] |= v
-    return out
-
-
-def _bpf(cmd, attr):
-    from pytracer.syscall import bpf
-
-    return bpf(cmd, attr)
-
-
-def map_fd_by_id(map_id):
-    from pytracer import abi
-
-    return _bpf(abi.Cmd.MAP_GET_FD_BY_ID, struct.pack("<III", map_id, 0, 0))
-
-
-def map_info_fd(fd):
-    """bpf_map_info of an open map: type, id, key/value size, max entries, flags, name."""
-    from pytracer import abi
-    from pytracer.syscall import Buffer
-
-    info = Buffer(88)
-    _bpf(abi.Cmd.OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", fd, 88, info.addr))
-    mtype, mid, ksz, vsz, maxe, flags, name = struct.unpack_from("<IIIIII16s", info.raw)
-    return {"type": mtype, "id": mid, "key_size": ksz, "value_size": vsz, "max_entries": maxe, "flags": flags,
-            "name": name.split(b"\0", 1)[0].decode(errors="replace")}
-
-
-def count_keys_fd(fd, key_size, limit=1 << 22):
-    return len(map_keys_fd(fd, key_size, limit))
-
-
-def map_keys_fd(fd, key_size, limit=1 << 22):
-    """Every key of an open map, as bytes."""
-    from pytracer import abi
-    from pytracer.syscall import Buffer
-
-    cur, nxt = Buffer(max(key_size, 1)), Buffer(max(key_size, 1))
-    keys, first = [], True
-    while len(keys) < limit:
-        attr = struct.pack("<IIQQ", fd, 0, 0 if first else cur.addr, nxt.addr)
-        try:
-            _bpf(abi.Cmd.MAP_GET_NEXT_KEY, attr)
-        except OSError as e:
-            if e.errno == errno.ENOENT:
-                break
-            raise
-        keys.append(nxt.raw)
-        first = False
-        cur, nxt = nxt, cur
-    return keys
-
-
-def tuples_per_netns(map_ids):
+def tuples_per_netns(map_ids, limit=1 << 22):
     """netns inode -> number of `tuples` entries (the key starts with the netns inode, a u32)."""
     out = {}
     for mid in sorted(map_ids):
-        try:
-            fd = map_fd_by_id(mid)
-        except OSError:
+        m = _open_map(mid)
+        if m is None:
             continue
         try:
-            info = map_info_fd(fd)
-            if info["name"] == "tuples":
-                for k in map_keys_fd(fd, info["key_size"]):
+            if m.name == "tuples":
+                for i, k in enumerate(m.keys()):
+                    if i >= limit:
+                        break
                     ns = struct.unpack_from("<I", k)[0]
                     out[ns] = out.get(ns, 0) + 1
         finally:
-            os.close(fd)
+            m.close()
     return out
 
 
-def map_occupancy(map_ids, names=("socks", "tuples")):
+def map_occupancy(map_ids, names=("socks", "tuples"), limit=1 << 22):
     """name -> (entries, max_entries) for the named maps among `map_ids`."""
     out = {}
     for mid in sorted(map_ids):
-        try:
-            fd = map_fd_by_id(mid)
-        except OSError:
+        m = _open_map(mid)
+        if m is None:
             continue            # gone meanwhile
         try:
-            info = map_info_fd(fd)
-            if info["name"] in names:
-                out[info["name"]] = (count_keys_fd(fd, info["key_size"]), info["max_entries"])
+            if m.name in names:
+                n = 0
+                for n, _ in enumerate(m.keys(), 1):
+                    if n >= limit:
+                        break
+                out[m.name] = (n, m.spec.max_entries)
         finally:
-            os.close(fd)
+            m.close()
     return out
-
-
-def kernel_snapshot():
-    from pytracer import inventory
-
-    return inventory.snapshot()
-
-
-def leftovers(own, before=None, settle=5.0):
-    """What is left of `own` (ids a finished process held) in the kernel, polling up to `settle` s for
-    deferred frees. With `before` (a snapshot from before it started), also new ids that no live process
-    holds (a leak that the process never had an fd for); ids held by other processes (concurrent users of
-    BPF on this machine) are not counted."""
-    deadline = time.monotonic() + settle
-    while True:
-        now = kernel_snapshot()
-        left = {k: sorted(own.get(k, set()) & now[k]) for k in ("prog", "map", "link")}
-        if before is not None:
-            fresh = {k: now[k] - before[k] - set(left[k]) for k in ("prog", "map", "link")}
-            if any(fresh.values()):
-                held = all_held_ids()
-                for k in fresh:
-                    orphan = sorted(fresh[k] - held[k])
-                    if orphan:
-                        left[k] = sorted(set(left[k]) | set(orphan))
-        left = {k: v for k, v in left.items() if v}
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.1)
 
 
 def rss_kb(pid):
@@ -632,36 +528,6 @@ def start_tracer(extra=()):
         except OSError:
             continue
     return p
-
-
-def cpu_seconds(pid):
-    """utime + stime of a process, in seconds."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def wait_attached(tracer, timeout=60):
-    """Wait until process `tracer` (a Popen) holds BPF links and their number has been stable for 0.3 s
-    (every program attached), or died. Returns the ids it holds."""
-    deadline = time.monotonic() + timeout
-    last, stable_since = None, None
-    while time.monotonic() < deadline:
-        if tracer.poll() is not None:
-            err = tracer.stderr.read() if tracer.stderr else ""
-            raise RuntimeError(f"the tracer exited with {tracer.returncode}: {err[-2000:]}")
-        ids = fdinfo_ids(tracer.pid)
-        n = len(ids["link"])
-        if n and n == last:
-            if time.monotonic() - stable_since >= 0.3:
-                return ids
-        else:
-            last, stable_since = n, time.monotonic()
-        time.sleep(0.05)
-    raise RuntimeError("the tracer did not attach in time")
 
 
 def growth(samples, key, warm_index):

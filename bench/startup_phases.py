@@ -39,13 +39,14 @@ def step(label, fn):
 def main():
     import importlib
 
-    cli = step("import pytracer.cli", lambda: importlib.import_module("pytracer.cli"))
+    step("import pytracer.cli", lambda: importlib.import_module("pytracer.cli"))
+    cli = importlib.import_module("pytracer.tools.tcpsnoop.cli")
     a = step("parse args", lambda: cli.parse_args([]))
     step("import tcpsnoop+syscall", lambda: (importlib.import_module("pytracer.syscall"),
                                               importlib.import_module("pytracer.tcpsnoop")))
     step("import loader, maps, program, attach, ringbuf",
          lambda: importlib.import_module("pytracer.loader"))
-    from pytracer import attach, cache, events, loader, maps, program
+    from pytracer import attach, cache, loader, maps, program, records
 
     d = cache.cache_dir()
     cold = not (d and os.path.isdir(d) and os.listdir(d))
@@ -66,7 +67,7 @@ def main():
     patch(attach, "attach", "attach")
     patch(attach, "tracepoint_exists", "tracepoint lookup")
     patch(loader.BPFObject, "ring_buffer", "ring buffer mmap")
-    patch(events, "get_layout", "record layout (construct)")
+    patch(records, "record_layout", "record layout (BTF -> construct)")
     from pytracer.tcpsnoop import TcpSnoop
 
     snoop = TcpSnoop(ringbuf_size=a.ringbuf_mb << 20)

@@ -43,8 +43,8 @@
 #define S_IFMT		00170000
 #define S_IFSOCK	0140000
 
-/* include/net/tcp_states.h */
-enum {
+/* include/net/tcp_states.h; named so that tools can read the names from BTF */
+enum tcp_state {
 	TCP_ESTABLISHED = 1,
 	TCP_SYN_SENT,
 	TCP_SYN_RECV,
@@ -59,12 +59,17 @@ enum {
 	TCP_NEW_SYN_RECV,
 };
 
-/* TCP header flag bits (byte 13 of the header) */
-#define TH_FIN	0x01
-#define TH_SYN	0x02
-#define TH_RST	0x04
-#define TH_PSH	0x08
-#define TH_ACK	0x10
+/* TCP header flag bits (byte 13 of the header); an enum so that tools can read them from BTF */
+enum tcp_flag {
+	TH_FIN = 0x01,
+	TH_SYN = 0x02,
+	TH_RST = 0x04,
+	TH_PSH = 0x08,
+	TH_ACK = 0x10,
+	TH_URG = 0x20,
+	TH_ECE = 0x40,
+	TH_CWR = 0x80,
+};
 
 /* ---- networking namespace ----------------------------------------------- */
 struct ns_common {
@@ -189,6 +194,15 @@ struct task_struct {
 	struct css_set *cgroups;
 	char comm[16];
 } __pa;
+
+/* ---- classic tracepoint contexts (/sys/kernel/tracing/events/<category>/<name>/format) ---- */
+struct trace_event_raw_inet_sock_set_state {
+	__u64 common;
+	const void *skaddr;
+	int oldstate, newstate;
+	__u16 sport, dport, family, protocol;
+	__u8 saddr[4], daddr[4], saddr_v6[16], daddr_v6[16];
+};
 
 /* ---- BPF iterator contexts (kernel/bpf/task_iter.c, net/ipv4/tcp_ipv4.c) ------- */
 struct seq_file;

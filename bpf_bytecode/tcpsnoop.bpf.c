@@ -42,24 +42,10 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-#define MAX_FILTER_PIDS		8
-#define MAX_FILTER_PORTS	8
-#define TASK_COMM_LEN		16
 #define MAX_IPV6_EXT_HDRS	4
 
 /* ---- settings, written by Python into .rodata before load ----------------- */
-const volatile __u32 filter_pids[MAX_FILTER_PIDS] = {};
-const volatile __u32 n_pids = 0;
-const volatile __u32 filter_uid = 0;
-const volatile __u8 has_uid = 0;
-const volatile char filter_comm[TASK_COMM_LEN] = {};
-const volatile __u8 has_comm = 0;
-const volatile __u16 filter_ports[MAX_FILTER_PORTS] = {};	/* host order; local or remote */
-const volatile __u32 n_ports = 0;
-const volatile __u8 filter_family = 0;				/* 0 any, 4, 6 */
-const volatile __u64 filter_cgroup_id = 0;
-const volatile __u32 filter_cgroup_level = 0;
-const volatile __u8 has_cgroup = 0;
+#include "filters.bpf.h"	/* the common filters' settings and checks */
 const volatile __u8 no_data = 0;	/* no EV_SEND/EV_RECV records; bytes still counted */
 
 /* ---- maps ---------------------------------------------------------------------- */
@@ -73,9 +59,8 @@ struct tuple {
 	__u8 raddr[16];
 };
 
-/* owner.flags: written in process context only (publish_owner) */
-#define SI_OWNER_KNOWN	0x01
-#define SI_CGROUP_MATCH	0x02
+/* owner.flags (owner.bpf.h: SI_OWNER_KNOWN, SI_CGROUP_MATCH), written in process context only
+ * (publish_owner) */
 #define SI_ACCEPT_SHOWN	0x04	/* EV_ACCEPT went out: its lines are printed once (see adopt) */
 /* tx_flags: written on the transmit path only (serialised per socket) */
 #define SI_TX_SEQ_INIT	0x01
@@ -95,14 +80,7 @@ struct tuple {
  * softirq counts a received segment) never clobber each other's bits without
  * needing atomics.
  */
-struct owner {
-	__u64 cgroup_id;
-	char comm[TASK_COMM_LEN];
-	__u32 pid;
-	__u32 uid;
-	__u8 flags;		/* SI_OWNER_KNOWN, SI_CGROUP_MATCH, SI_ACCEPT_SHOWN; written last */
-	__u8 _pad[7];
-};
+#include "owner.bpf.h"	/* struct owner, owner_pass(), current_owner() */
 
 struct sock_info {
 	__u64 start_ns;		/* 0 = connection predates the tracer */
@@ -171,21 +149,12 @@ struct {
 
 EVENTS_RINGBUF(8 << 20);
 
-/* Keeps the record layout in the object's BTF for the Python-side layout test. */
+/* Keep the record and the enums in the object's BTF: user space builds its decoder and reads its
+ * constants from there (pytracer/records.py). */
 const struct tcpsnoop_event *const __unused_event = 0;
-/* Likewise for the event type numbers, which Python checks against its own constants. */
-const enum ev_type __unused_ev_type = EV_CONNECT;
+const struct tcpsnoop_enums *const __unused_enums = 0;
 
-/* x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl) */
-#define NR_read		0
-#define NR_write	1
-#define NR_close	3
-#define NR_readv	19
-#define NR_writev	20
-#define NR_sendto	44
-#define NR_recvfrom	45
-#define NR_sendmsg	46
-#define NR_recvmsg	47
+#include "syscall_nr.bpf.h"	/* NR_read, NR_write, ... of the target architecture */
 
 /* ---- a parsed segment ------------------------------------------------------ */
 struct pkt {
@@ -199,110 +168,6 @@ struct pkt {
 };
 
 /* ---- small helpers --------------------------------------------------------- */
-static __always_inline int family_pass(__u8 family)
-{
-	if (filter_family == 4)
-		return family == AF_INET;
-	if (filter_family == 6)
-		return family == AF_INET6;
-	return 1;
-}
-
-static __always_inline int ports_pass(__u16 lport, __u16 rport)
-{
-	if (n_ports == 0)
-		return 1;
-	for (int i = 0; i < MAX_FILTER_PORTS; i++) {
-		if (i >= n_ports)
-			break;
-		if (filter_ports[i] == lport || filter_ports[i] == rport)
-			return 1;
-	}
-	return 0;
-}
-
-static __always_inline int owner_filters_active(void)
-{
-	return n_pids || has_uid || has_comm || has_cgroup;
-}
-
-/* Filters on the socket's owner; an unknown owner passes (Python decides later). */
-static __always_inline int owner_pass(const struct owner *o)
-{
-	if (!(o->flags & SI_OWNER_KNOWN))
-		return 1;
-	if (n_pids) {
-		int found = 0;
-
-		for (int i = 0; i < MAX_FILTER_PIDS; i++) {
-			if (i >= n_pids)
-				break;
-			if (filter_pids[i] == o->pid) {
-				found = 1;
-				break;
-			}
-		}
-		if (!found)
-			return 0;
-	}
-	if (has_uid && o->uid != filter_uid)
-		return 0;
-	if (has_comm) {
-		for (int i = 0; i < TASK_COMM_LEN; i++) {
-			if (o->comm[i] != filter_comm[i])
-				return 0;
-			if (o->comm[i] == 0)
-				break;
-		}
-	}
-	if (has_cgroup && !(o->flags & SI_CGROUP_MATCH))
-		return 0;
-	return 1;
-}
-
-/*
- * Whether a task's cgroup (v2) is the --cgroup filter's or below it: its
- * ancestor at the filter's level, from ancestor_ids[] before 6.1 and
- * ancestors[] after (what bpf_get_current_ancestor_cgroup_id() reads; tracing
- * programs may call that helper only from Linux 5.14 on).
- */
-static __always_inline int cgroup_matches(struct task_struct *task)
-{
-	struct cgroup *cgrp = BPF_CORE_READ(task, cgroups, dfl_cgrp);
-	__u64 anc = 0;
-
-	if (filter_cgroup_level > (__u32)BPF_CORE_READ(cgrp, level))
-		return 0;
-	if (bpf_core_field_exists(((struct cgroup___ptrs *)cgrp)->ancestors)) {
-		struct cgroup *a = 0;
-
-		bpf_probe_read_kernel(&a, sizeof(a), (void *)cgrp +
-				      bpf_core_field_offset(struct cgroup___ptrs, ancestors) +
-				      filter_cgroup_level * sizeof(a));
-		anc = BPF_CORE_READ(a, kn, id);
-	} else {
-		bpf_probe_read_kernel(&anc, sizeof(anc), (void *)cgrp +
-				      bpf_core_field_offset(struct cgroup___ids, ancestor_ids) +
-				      filter_cgroup_level * sizeof(anc));
-	}
-	return anc == filter_cgroup_id;
-}
-
-/* The current task as an owner (process context only). */
-static __always_inline void current_owner(struct owner *o)
-{
-	__u8 flags = SI_OWNER_KNOWN;
-
-	__builtin_memset(o, 0, sizeof(*o));
-	o->pid = bpf_get_current_pid_tgid() >> 32;
-	o->uid = (__u32)bpf_get_current_uid_gid();
-	o->cgroup_id = bpf_get_current_cgroup_id();
-	bpf_get_current_comm(o->comm, sizeof(o->comm));
-	if (has_cgroup && cgroup_matches((struct task_struct *)bpf_get_current_task()))
-		flags |= SI_CGROUP_MATCH;
-	o->flags = flags;
-}
-
 /*
  * Stores an owner into an entry, the flags last: a reader that sees
  * SI_OWNER_KNOWN of a formerly unknown owner sees its fields (x86 keeps

@@ -1,25 +1,19 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * tcpsnoop.h - the ONE record layout shared by tcpsnoop.bpf.c and Python.
+ * tcpsnoop.h - the ONE definition of tcpsnoop's record and its constants.
  *
  * Every record in the `events` ring buffer is exactly one struct
- * tcpsnoop_event.  The struct is naturally aligned with explicit padding only
- * (no implicit holes) and its size is a multiple of 8, so the Python
- * definition can mirror it field by field; the object's BTF carries it (see
- * __unused_event in tcpsnoop.bpf.c) so a test can compare the two.
+ * tcpsnoop_event.  Python has no copy of it: the loader builds the record's
+ * decoder from the object's BTF (pytracer/records.py; `python -m
+ * pytracer.records pytracer/bpf/tcpsnoop.bpf.o tcpsnoop_event` prints its
+ * offsets), and reads the enums below from BTF too, so they are enums, not
+ * #defines (see __unused_event and __unused_enums in tcpsnoop.bpf.c, which keep
+ * them in BTF).  Members named _... are padding.
  *
  * Field order: first what changes from record to record, then the connection's identity (sk through
  * family: socket, owner and addresses), contiguous so that user space can take those 80 bytes as one
  * key and format a connection's constant columns once (see pytracer/tcpsnoop.py).  All fields are written
  * after the record is zeroed, so padding is always zero and equal identities compare equal.
- *
- * Offsets (bytes):
- *    0 ts_ns       8 tx_bytes   16 rx_bytes   24 start_ns   32 cgroup_id
- *   40 size       44 payload    48 type       49 dir        50 tcp_flags  51 attr
- *   52 gso_segs   54 gso_size
- *   56 sk         64 pid        68 uid        72 netns      76 lport      78 rport
- *   80 laddr[16]  96 raddr[16] 112 comm[16]  128 family    129 _pad[7]
- *  size 136
  */
 #ifndef PYTRACER_TCPSNOOP_H
 #define PYTRACER_TCPSNOOP_H
@@ -38,15 +32,19 @@ enum ev_type {
 };
 
 /* attr bits */
-#define ATTR_OWNER_UNKNOWN	0x01	/* no process is known to hold the socket now (not yet
+enum ev_attr {
+	ATTR_OWNER_UNKNOWN = 0x01,	/* no process is known to hold the socket now (not yet
 					   accepted, or its owner let go of it): owner fields are empty */
-#define ATTR_RETRANS		0x02	/* segment carried payload but none of it was new */
-#define ATTR_DISCARD		0x04	/* EV_ACCEPT/EV_OWNER: the owner fails the filters; drop
+	ATTR_RETRANS = 0x02,		/* segment carried payload but none of it was new */
+	ATTR_DISCARD = 0x04,		/* EV_ACCEPT/EV_OWNER: the owner fails the filters; drop
 					   held-back OWNER_UNKNOWN records of this connection */
+};
 
 /* dir */
-#define DIR_SENT	0		/* "->" */
-#define DIR_RECEIVED	1		/* "<-" */
+enum ev_dir {
+	DIR_SENT = 0,			/* "->" */
+	DIR_RECEIVED = 1,		/* "<-" */
+};
 
 struct tcpsnoop_event {
 	__u64 ts_ns;		/* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
@@ -58,7 +56,7 @@ struct tcpsnoop_event {
 	__u32 payload;		/* TCP payload bytes in this skb */
 	__u8 type;		/* enum ev_type */
 	__u8 dir;		/* 0 = sent (->), 1 = received (<-) */
-	__u8 tcp_flags;		/* FIN 1 SYN 2 RST 4 PSH 8 ACK 16 (URG 32 ECE 64 CWR 128) */
+	__u8 tcp_flags;		/* enum tcp_flag bits (kernel_types.h) */
 	__u8 attr;		/* ATTR_* bits */
 	/*
 	 * With TSO/GSO on send (and GRO, or veth/loopback pass-through, on
@@ -80,6 +78,14 @@ struct tcpsnoop_event {
 	char comm[16];		/* owner's comm */
 	__u8 family;		/* AF_INET or AF_INET6 as seen on the packet/socket */
 	__u8 _pad[7];
+};
+
+/* The enums user space reads from BTF, in one type that an unused pointer keeps there. */
+struct tcpsnoop_enums {
+	enum ev_type type;
+	enum ev_attr attr;
+	enum ev_dir dir;
+	enum tcp_flag tcp_flags;
 };
 
 #endif /* PYTRACER_TCPSNOOP_H */

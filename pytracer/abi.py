@@ -1,14 +1,15 @@
-"""Kernel ABI numbers, named once, here.  Sources: include/uapi/linux/{bpf,btf,perf_event}.h."""
+"""Kernel ABI numbers, named once, here (the structs are in uapi.py).  Sources:
+include/uapi/linux/{bpf,btf,perf_event}.h."""
 import enum
 import os
 
 # --- syscall numbers (bpf and perf_event_open are not in the C library's public API) --------------------
+# Little-endian machines only: every kernel struct (uapi.py) and BPF object is read and packed little-endian.
 _SYSCALLS = {
     "x86_64": {"bpf": 321, "perf_event_open": 298},
     "aarch64": {"bpf": 280, "perf_event_open": 241},
     "riscv64": {"bpf": 280, "perf_event_open": 241},
     "ppc64le": {"bpf": 361, "perf_event_open": 319},
-    "s390x": {"bpf": 351, "perf_event_open": 331},
 }
 MACHINE = os.uname().machine
 SYSCALLS = _SYSCALLS.get(MACHINE, {})
@@ -109,21 +110,8 @@ BPF_OBJ_NAME_LEN = 16
 # An iterator program's attach_btf_id is the vmlinux BTF FUNC named ITER_FUNC_PREFIX + target
 # (kernel/bpf/bpf_iter.c registers each target as the function bpf_iter_<target>).
 ITER_FUNC_PREFIX = "bpf_iter_"
-# union bpf_attr.link_create for an iterator: prog_fd, target_fd (0), attach_type, flags (0), then
-# iter_info (pointer to a union bpf_iter_link_info, or 0) and iter_info_len.  Task, task_file and tcp
-# iterators need no link info, so the attr may stop after flags (LINK_CREATE_ITER_SHORT).
-LINK_CREATE_ITER = "<IIIIQI"
-LINK_CREATE_ITER_SHORT = "<IIII"
-# union bpf_iter_link_info.task (Linux 6.1+): tid, pid, pid_fd; at most one non-zero.  Earlier kernels
-# ignore it for task iterators (they have no attach_target hook), so programs must filter themselves.
-ITER_LINK_INFO_TASK = "<III"
-# union bpf_attr.iter_create: link_fd, flags (0)
-ITER_CREATE = "<II"
 # (A read() of an iterator fd that visited 1,000,000 objects without output returns EAGAIN,
 # kernel/bpf/bpf_iter.c MAX_ITER_OBJECTS; reading again continues where it stopped.)
-
-# struct bpf_prog_info: offset of recursion_misses (after run_time_ns and run_cnt; Linux 5.12+)
-PROG_INFO_RECURSION_MISSES = 208
 
 # --- instructions ---------------------------------------------------------------------------------
 BPF_LD = 0x00
@@ -218,17 +206,3 @@ RLIMIT_MEMLOCK = 8
 # helper ids (include/uapi/linux/bpf.h, enum bpf_func_id)
 BPF_FUNC_KTIME_GET_COARSE_NS = 160
 
-
-class TCPState(enum.IntEnum):
-    ESTABLISHED = 1
-    SYN_SENT = 2
-    SYN_RECV = 3
-    FIN_WAIT1 = 4
-    FIN_WAIT2 = 5
-    TIME_WAIT = 6
-    CLOSE = 7
-    CLOSE_WAIT = 8
-    LAST_ACK = 9
-    LISTEN = 10
-    CLOSING = 11
-    NEW_SYN_RECV = 12

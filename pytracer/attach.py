@@ -1,11 +1,9 @@
 """Attaching loaded programs: classic tracepoints (tracefs id + perf_event_open, then a BPF perf link or the
 older ioctl), and BTF-typed / raw tracepoints (BPF_RAW_TRACEPOINT_OPEN)."""
-import ctypes
 import errno
 import os
-import struct
 
-from . import abi, features
+from . import abi, features, syscall, uapi
 from .errors import AttachError, KernelFeatureError, PytracerError
 from .syscall import Buffer, bpf, ioctl, perf_event_open, privilege_error, raise_from_oserror
 
@@ -27,13 +25,11 @@ def tracefs(mount=True):
             _tracefs = p
             return p
     if mount and os.path.isdir(TRACEFS_CANDIDATES[0]):
-        libc = ctypes.CDLL(None, use_errno=True)
-        rc = libc.mount(b"nodev", TRACEFS_CANDIDATES[0].encode(), b"tracefs", ctypes.c_ulong(0), None)
-        if rc == 0 and _has_events(TRACEFS_CANDIDATES[0]):
+        err = syscall.mount("nodev", TRACEFS_CANDIDATES[0], "tracefs")
+        if err == 0 and _has_events(TRACEFS_CANDIDATES[0]):
             _tracefs = TRACEFS_CANDIDATES[0]
             return _tracefs
-        err = ctypes.get_errno()
-        hint = os.strerror(err) if rc != 0 else "mounted but has no events directory"
+        hint = os.strerror(err) if err != 0 else "mounted but has no events directory"
     else:
         hint = "no /sys/kernel/tracing directory"
     features.refuse_confidentiality_lockdown()
@@ -54,7 +50,7 @@ def tracepoint_id(target):
             return int(f.read())
     except FileNotFoundError:
         raise AttachError(f"tracepoint {target.replace('/', ':')} does not exist on this kernel "
-                          f"({os.uname().release})") from None
+                          f"({os.uname().release})", target=target) from None
     except PermissionError:
         raise privilege_error(f"reading {path}", errno.EACCES) from None
     except (OSError, ValueError) as e:
@@ -84,9 +80,9 @@ def attach_tracepoint(program, target):
     """Attach a BPF_PROG_TYPE_TRACEPOINT program to tracepoint 'category/name'."""
     global _perf_link_supported
     tp_id = tracepoint_id(target)
-    # perf_event_attr: type, size, config, sample_period, sample_type, read_format, flags(bitfield), wakeup
-    attr = struct.pack("<IIQQQQQI", abi.PERF_TYPE_TRACEPOINT, abi.PERF_ATTR_SIZE_VER5, tp_id, 1,
-                       abi.PERF_SAMPLE_RAW, 0, 0, 1).ljust(abi.PERF_ATTR_SIZE_VER5, b"\0")
+    attr = uapi.PERF_EVENT_ATTR.pack(type=abi.PERF_TYPE_TRACEPOINT, size=abi.PERF_ATTR_SIZE_VER5, config=tp_id,
+                                     sample_period=1, sample_type=abi.PERF_SAMPLE_RAW,
+                                     wakeup_events=1).ljust(abi.PERF_ATTR_SIZE_VER5, b"\0")
     try:
         # pid -1, cpu 0: for tracepoints the BPF program runs on every CPU; one event is enough.
         pfd = perf_event_open(attr, -1, 0, -1, abi.PERF_FLAG_FD_CLOEXEC)
@@ -95,7 +91,8 @@ def attach_tracepoint(program, target):
     try:
         if _perf_link_supported is not False:
             try:
-                lfd = bpf(abi.Cmd.LINK_CREATE, struct.pack("<IIII", program.fd, pfd, abi.AttachType.PERF_EVENT, 0))
+                lfd = bpf(abi.Cmd.LINK_CREATE, uapi.ATTR_LINK_CREATE.pack(
+                    upto="flags", prog_fd=program.fd, target_fd=pfd, attach_type=abi.AttachType.PERF_EVENT))
                 _perf_link_supported = True
                 return Link(f"tracepoint {target}", [pfd, lfd])
             except OSError as e:
@@ -111,7 +108,8 @@ def attach_tracepoint(program, target):
         os.close(pfd)
         if e.errno in (errno.EPERM, errno.EACCES):
             raise privilege_error(f"attaching to tracepoint {target}", e.errno) from None
-        raise AttachError(f"attaching {program.name} to tracepoint {target}: {os.strerror(e.errno)}") from None
+        raise AttachError(f"attaching {program.name} to tracepoint {target}: {os.strerror(e.errno)}",
+                          target=target) from None
     except PytracerError:
         os.close(pfd)
         raise
@@ -121,15 +119,16 @@ def attach_raw_tracepoint(program, target=None):
     """Attach a raw tracepoint program (target name given) or a tp_btf program (target from its BTF id)."""
     name = Buffer(target.encode() + b"\0") if target else None
     try:
-        fd = bpf(abi.Cmd.RAW_TRACEPOINT_OPEN, struct.pack("<QI", name.addr if name else 0, program.fd))
+        fd = bpf(abi.Cmd.RAW_TRACEPOINT_OPEN, uapi.ATTR_RAW_TRACEPOINT_OPEN.pack(
+            name=name.addr if name else 0, prog_fd=program.fd))
     except OSError as e:
         if e.errno in (errno.EPERM, errno.EACCES):
             raise privilege_error(f"attaching {program.name}", e.errno) from None
         if e.errno == errno.ENOENT:
-            raise AttachError(f"raw tracepoint {target} does not exist on this kernel") from None
+            raise AttachError(f"raw tracepoint {target} does not exist on this kernel", target=target) from None
         if e.errno == errno.EINVAL:
             raise KernelFeatureError(f"this kernel cannot attach {program.name} (raw tracepoints: Linux 4.17+, "
-                                     f"tp_btf: 5.5+)") from None
+                                     f"tp_btf: 5.5+)", feature=f"{program.spec.attach_kind} programs") from None
         raise AttachError(f"attaching {program.name}: {os.strerror(e.errno)}") from None
     return Link(f"{program.spec.attach_kind} {program.spec.attach_target}", [fd])
 

@@ -142,10 +142,6 @@ class BTFType:
         self.component_idx = None   # DECL_TAG (-1: the tag is on the type itself)
 
     @property
-    def is_composite(self) -> bool:
-        return self.kind in (BTFKind.STRUCT, BTFKind.UNION)
-
-    @property
     def is_any_enum(self) -> bool:
         return self.kind in (BTFKind.ENUM, BTFKind.ENUM64)
 
@@ -756,10 +752,6 @@ class LineInfoRec(namedtuple("LineInfoRec", "insn_off_bytes file_name_off line_o
     @property
     def line(self) -> int:
         return self.line_col >> 10
-
-    @property
-    def col(self) -> int:
-        return self.line_col & 0x3FF
 
 
 class BTFExt:

@@ -8,12 +8,11 @@ import hashlib
 import json
 import os
 import stat
-import sys
 
-from .errors import CacheError
+from .errors import CacheError, warn
 
 DEFAULT_DIR = "/var/cache/pytracer"
-FORMAT = 1
+FORMAT = 2          # 2: MapSpec without BTF key/value type ids
 _warned = False
 
 
@@ -42,6 +41,11 @@ def key_for(object_bytes, extra=""):
     return h.hexdigest()
 
 
+def derived_key(key, what):
+    """The key of something derived from the object `key` names (a record layout, an enum)."""
+    return hashlib.sha256(f"{key}\0{what}".encode()).hexdigest()
+
+
 def check_safe(path):
     """Refuse a directory (or any parent) that someone other than root/us can write."""
     euid = os.geteuid()
@@ -65,7 +69,7 @@ def _warn(msg):
     global _warned
     if not _warned:
         _warned = True
-        print(f"pytracer: warning: {msg}; continuing without the cache", file=sys.stderr)
+        warn(f"{msg}; continuing without the cache")
 
 
 def _usable_dir(create):

@@ -19,11 +19,10 @@ whether pytracer or libbpf loads it:
   relocation records that do not belong to the instruction.
 """
 import os
-import struct
 import sys
 from typing import Dict, List, Optional
 
-from . import abi
+from . import abi, uapi
 from .abi import BTFKind, CoreReloKind as K
 from .btf import BTF, BTF_INT_SIGNED, essential_name
 from .errors import BTFError, CORERelocationError, KernelFeatureError
@@ -44,7 +43,7 @@ _ENUMS = (BTFKind.ENUM, BTFKind.ENUM64)
 _COMPOSITES = (BTFKind.STRUCT, BTFKind.UNION)
 
 # code, dst/src register nibbles, off, imm; instructions are in host byte order
-_INSN = struct.Struct("=BBhi")
+_INSN = uapi.BPF_INSN.struct
 
 # load/store size field <-> bytes
 _SIZE_BYTES = {0x00: 4, 0x08: 2, 0x10: 1, 0x18: 8}
@@ -166,7 +165,7 @@ def _tp_btf_id(target: BTF, prog) -> int:
         raise KernelFeatureError(
             f"program '{prog.name}' ({prog.section}) needs the BTF-enabled tracepoint "
             f"'{prog.attach_target}', but the running kernel ({os.uname().release}) has no type "
-            f"'{name}': the tracepoint does not exist in this kernel")
+            f"'{name}': the tracepoint does not exist in this kernel", feature=f"tracepoint {prog.attach_target}")
     return ids[0]
 
 

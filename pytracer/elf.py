@@ -10,9 +10,9 @@ import re
 import struct
 from collections import namedtuple
 
-from . import abi
+from . import abi, uapi
 from .btf import BTF, BTFExt
-from .errors import BTFError, ObjectFormatError, PytracerError
+from .errors import ObjectFormatError
 from .spec import CoreReloSpec, MapRelocSpec, MapSpec, ObjectSpec, ProgramSpec
 
 EM_BPF = 247
@@ -25,13 +25,23 @@ SHN_LORESERVE = 0xFF00      # section indexes from here up are special (ABS, COM
 GLOBAL_DATA_SECTIONS = (".rodata", ".data", ".bss")
 # A global-data section becomes one array map value; refuse absurd sizes before allocating them.
 MAX_GLOBAL_DATA = 1 << 24
-_INSN = struct.Struct("<BBhi")
+_INSN = uapi.BPF_INSN.struct
 _SYM = struct.Struct("<IBBHQQ")     # Elf64_Sym: name, info, other, shndx, value, size
 _REL = struct.Struct("<QQ")         # Elf64_Rel: offset, info (symbol index << 32 | type)
 
 # BPF_CALL with src_reg BPF_PSEUDO_CALL (a call to a BPF function): opcode byte, then dst/src nibbles
 _PSEUDO_CALL = re.compile(re.escape(bytes([abi.INSN_CALL])) + b"[\\x%02x-\\x%02x]"
                           % (abi.BPF_PSEUDO_CALL << 4, abi.BPF_PSEUDO_CALL << 4 | 0xF))
+
+def _parser_errors():
+    """The exceptions pyelftools (and construct, which it parses with) raise on a corrupt file; anything
+    else (MemoryError, RecursionError, a bug) is not turned into a format error."""
+    import construct
+    from elftools.common.exceptions import ELFError
+
+    return (ELFError, construct.ConstructError, struct.error, ValueError, IndexError, KeyError, UnicodeError,
+            OverflowError, AssertionError)
+
 
 # A symbol-table entry; `type` is STT_*, `shndx` the raw section index.
 Symbol = namedtuple("Symbol", "name type shndx value size")
@@ -78,31 +88,34 @@ def read_object(path_or_bytes, name=None):
             raise ObjectFormatError(f"cannot read BPF object {path}: {e.strerror}") from None
     try:
         return _Reader(data, path).read()
-    except PytracerError as e:
-        if str(e).startswith(path):
-            raise
-        raise type(e)(f"{path}: {e}") if type(e) in (ObjectFormatError, BTFError) else e from None
-    except Exception as e:  # pyelftools raises many kinds of errors on corrupt input
-        raise ObjectFormatError(f"{path}: not a valid BPF object file ({type(e).__name__}: {e})") from None
+    except ObjectFormatError as e:      # BTFError too: the BTF parser does not know the file's name
+        if e.path is None:
+            e.path = path
+        raise e from None
+    except _parser_errors() as e:        # what pyelftools raises on corrupt input
+        raise ObjectFormatError(f"not a valid BPF object file ({type(e).__name__}: {e})", path=path) from None
 
 
 class _Reader:
+    def _error(self, message, section=None):
+        return ObjectFormatError(message, path=self.path, section=section)
+
     def __init__(self, data, path):
         from elftools.elf.elffile import ELFFile  # imported here: it is the slowest import on the cold path
 
         self.path = path
         if data[:4] != b"\x7fELF":
-            raise ObjectFormatError(f"{path}: not an ELF file")
+            raise self._error("not an ELF file")
         self.elf = ELFFile(io.BytesIO(data))
         if self.elf["e_machine"] not in ("EM_BPF", EM_BPF):
-            raise ObjectFormatError(f"{path}: ELF machine is {self.elf['e_machine']}, not BPF")
+            raise self._error(f"ELF machine is {self.elf['e_machine']}, not BPF")
         if not self.elf.little_endian or self.elf.elfclass != 64:
-            raise ObjectFormatError(f"{path}: only 64-bit little-endian BPF objects are supported")
+            raise self._error("only 64-bit little-endian BPF objects are supported")
         self.sections = list(self.elf.iter_sections())
         self.by_name = {s.name: (i, s) for i, s in enumerate(self.sections)}
         symtab = self.by_name.get(".symtab")
         if symtab is None or symtab[1]["sh_type"] not in ("SHT_SYMTAB", SHT_SYMTAB):
-            raise ObjectFormatError(f"{path}: no symbol table")
+            raise self._error("no symbol table")
         self.symbols = self._read_symbols(symtab[1])
 
     def _read_symbols(self, symtab):
@@ -110,21 +123,21 @@ class _Reader:
         which costs ~20 ms for an object of a few hundred symbols, a large share of a cold start."""
         data = symtab.data()
         if len(data) % _SYM.size:
-            raise ObjectFormatError(f"{self.path}: symbol table size {len(data)} is not a multiple of "
+            raise self._error(f"symbol table size {len(data)} is not a multiple of "
                                     f"{_SYM.size}")
         link = symtab["sh_link"]
         if not 0 < link < len(self.sections):
-            raise ObjectFormatError(f"{self.path}: symbol table names string table {link}, which "
+            raise self._error(f"symbol table names string table {link}, which "
                                     f"does not exist")
         strtab = self.sections[link].data()
         symbols = []
         for name_off, info, _other, shndx, value, size in _SYM.iter_unpack(data):
             end = strtab.find(b"\0", name_off)
             if name_off >= len(strtab) or end < 0:
-                raise ObjectFormatError(f"{self.path}: symbol name offset {name_off} is outside the "
+                raise self._error(f"symbol name offset {name_off} is outside the "
                                         f"string table ({len(strtab)} bytes)")
             if SHN_LORESERVE > shndx >= len(self.sections):
-                raise ObjectFormatError(f"{self.path}: symbol in section {shndx}, which does not exist")
+                raise self._error(f"symbol in section {shndx}, which does not exist")
             name = strtab[name_off:end].decode("utf-8", "replace")
             symbols.append(Symbol(name, info & 0xF, shndx, value, size))
         return symbols
@@ -138,7 +151,7 @@ class _Reader:
     def read(self):
         btf_sec = self.by_name.get(".BTF")
         if btf_sec is None:
-            raise ObjectFormatError(f"{self.path}: no .BTF section (compile with clang -g)")
+            raise self._error("no .BTF section (compile with clang -g)")
         self.btf = BTF(btf_sec[1].data())
         ext_sec = self.by_name.get(".BTF.ext")
         self.ext = BTFExt(ext_sec[1].data(), self.btf) if ext_sec else None
@@ -146,7 +159,7 @@ class _Reader:
         lic = self.by_name.get("license")
         license_ = lic[1].data().split(b"\0", 1)[0].decode("ascii", "replace") if lic else ""
         if not license_:
-            raise ObjectFormatError(f"{self.path}: no license section")
+            raise self._error("no license section")
 
         self._index_code()
         maps = self._read_maps()
@@ -162,7 +175,7 @@ class _Reader:
             prog.attach_kind, prog.attach_target = kind, target
             programs[f.name] = prog
         if not programs:
-            raise ObjectFormatError(f"{self.path}: no BPF programs found")
+            raise self._error("no BPF programs found")
 
         sizes, offsets = {}, {}
         for i, s in enumerate(self.sections):
@@ -184,13 +197,13 @@ class _Reader:
             if s.name != ".text":
                 kinds = program_type_for(s.name)
                 if kinds is None:
-                    raise ObjectFormatError(
-                        f"{self.path}: unknown program section '{s.name}' (pytracer loads only "
+                    raise self._error(
+                        f"unknown program section '{s.name}' (pytracer loads only "
                         f"{SUPPORTED_SECTIONS}; kprobes are not used)")
                 self.prog_kinds[s.name] = kinds
             data = s.data()
             if len(data) % 8:
-                raise ObjectFormatError(f"{self.path}: section {s.name} is not a whole number of instructions")
+                raise self._error(f"section {s.name} is not a whole number of instructions")
             self.code[s.name] = data
         self.funcs = []
         self.funcs_by_sec = {}
@@ -202,35 +215,35 @@ class _Reader:
                 continue
             start, size = sym.value, sym.size
             if start % 8 or size % 8 or start + size > len(self.code[sec.name]) or size == 0:
-                raise ObjectFormatError(f"{self.path}: function {sym.name} lies outside its section")
+                raise self._error(f"function {sym.name} lies outside its section")
             f = _Func(sym.name, sec.name, start // 8, (start + size) // 8)
             self.funcs.append(f)
             self.funcs_by_sec.setdefault(sec.name, []).append(f)
         for sec in self.prog_kinds:
             if sec not in self.funcs_by_sec:
-                raise ObjectFormatError(f"{self.path}: section {sec} has code but no function symbol")
+                raise self._error(f"section {sec} has code but no function symbol")
         # relocations per target section: insn byte offset -> symbol
         self.relocs = {}
         for s in self.sections:
             if s["sh_type"] not in ("SHT_REL", SHT_REL):
                 continue
             if not 0 < s["sh_info"] < len(self.sections):
-                raise ObjectFormatError(f"{self.path}: relocation section {s.name} applies to section "
+                raise self._error(f"relocation section {s.name} applies to section "
                                         f"{s['sh_info']}, which does not exist")
             target = self.sections[s["sh_info"]]
             if target.name not in self.code:
                 continue
             data = s.data()
             if len(data) % _REL.size:
-                raise ObjectFormatError(f"{self.path}: relocation section {s.name} size {len(data)} is "
+                raise self._error(f"relocation section {s.name} size {len(data)} is "
                                         f"not a multiple of {_REL.size}")
             table = self.relocs.setdefault(target.name, {})
             for offset, info in _REL.iter_unpack(data):
                 if info >> 32 >= len(self.symbols):
-                    raise ObjectFormatError(f"{self.path}: relocation in {s.name} names symbol "
+                    raise self._error(f"relocation in {s.name} names symbol "
                                             f"{info >> 32}, which does not exist")
                 if offset % 8:
-                    raise ObjectFormatError(f"{self.path}: relocation in {s.name} at offset {offset} "
+                    raise self._error(f"relocation in {s.name} at offset {offset} "
                                             f"is not on an instruction boundary")
                 table[offset] = self.symbols[info >> 32]
         # Instructions _link must look at, per section: relocated ones and BPF-to-BPF calls (found
@@ -245,7 +258,7 @@ class _Reader:
         for f in self.funcs_by_sec.get(section, ()):
             if f.start == insn_idx:
                 return f
-        raise ObjectFormatError(f"{self.path}: call into the middle of a function ({section}+{insn_idx})")
+        raise self._error(f"call into the middle of a function ({section}+{insn_idx})")
 
     def _link(self, main):
         """Copy `main` and every subprogram it reaches into one instruction stream."""
@@ -273,7 +286,7 @@ class _Reader:
                 if op == abi.INSN_CALL and src == abi.BPF_PSEUDO_CALL:
                     if sym is not None:
                         if not self._in_section(sym):
-                            raise ObjectFormatError(f"{self.path}: {main.name} calls undefined function "
+                            raise self._error(f"{main.name} calls undefined function "
                                                     f"'{sym.name}'")
                         tsec = self.sections[sym.shndx].name
                         tidx = sym.value // 8 + imm + 1
@@ -288,21 +301,21 @@ class _Reader:
                 elif sym is not None and op == abi.INSN_LD_IMM64:
                     self._data_reloc(prog, code, k, base, sym, imm, src)
                 elif sym is not None:
-                    raise ObjectFormatError(
-                        f"{self.path}: {main.name} has a relocation against '{sym.name}' on an "
+                    raise self._error(
+                        f"{main.name} has a relocation against '{sym.name}' on an "
                         f"instruction pytracer cannot relocate (opcode {op:#x}; kfuncs, externs and "
                         f"callbacks are not supported)")
             out += code
             self._collect_ext(f, base, prog, func_info, line_info)
         prog.insns = bytes(out)
         if self.ext is not None:
-            prog.func_info = b"".join(struct.pack("<II", off, tid) for off, tid in sorted(func_info))
-            prog.line_info = b"".join(struct.pack("<IIII", *rec) for rec in sorted(line_info))
+            prog.func_info = b"".join(uapi.BPF_FUNC_INFO.struct.pack(*rec) for rec in sorted(func_info))
+            prog.line_info = b"".join(uapi.BPF_LINE_INFO.struct.pack(*rec) for rec in sorted(line_info))
         return prog
 
     def _data_reloc(self, prog, code, k, base, sym, imm, src):
         if not self._in_section(sym):
-            raise ObjectFormatError(f"{self.path}: {prog.name} refers to undefined symbol '{sym.name}' "
+            raise self._error(f"{prog.name} refers to undefined symbol '{sym.name}' "
                                     f"(extern variables are not supported)")
         sec = self.sections[sym.shndx].name
         if sec == ".maps":
@@ -315,9 +328,9 @@ class _Reader:
             struct.pack_into("<i", code, k * 8 + 4, 0)
             return
         if src == abi.BPF_PSEUDO_FUNC or sec in self.code:
-            raise ObjectFormatError(f"{self.path}: {prog.name} takes the address of a function "
+            raise self._error(f"{prog.name} takes the address of a function "
                                     f"(callbacks are not supported)")
-        raise ObjectFormatError(f"{self.path}: {prog.name} refers to section '{sec}' which pytracer "
+        raise self._error(f"{prog.name} refers to section '{sec}' which pytracer "
                                 f"does not load (only .maps, .rodata, .data and .bss)")
 
     def _collect_ext(self, f, base, prog, func_info, line_info):
@@ -345,7 +358,7 @@ class _Reader:
             s = entry[1]
             size = s["sh_size"]
             if size > MAX_GLOBAL_DATA:
-                raise ObjectFormatError(f"{self.path}: section {sec} claims {size} bytes; global data is "
+                raise self._error(f"section {sec} claims {size} bytes; global data is "
                                         f"limited to {MAX_GLOBAL_DATA} bytes")
             initial = bytes(size) if s["sh_type"] in ("SHT_NOBITS", SHT_NOBITS) else s.data()
             variables = {}
@@ -363,7 +376,7 @@ class _Reader:
             return maps
         ids = self.btf.find_by_name(".maps", abi.BTFKind.DATASEC)
         if not ids:
-            raise ObjectFormatError(f"{self.path}: .maps section without BTF (legacy maps are not supported)")
+            raise self._error(".maps section without BTF (legacy maps are not supported)")
         for var_id, _off, _size in self.btf.type(ids[0]).vars:
             var = self.btf.type(var_id)
             maps[var.name] = self._map_from_btf(var.name, var.type)
@@ -373,7 +386,7 @@ class _Reader:
         btf = self.btf
         t = btf.type(btf.skip_mods_and_typedefs(type_id))
         if t.kind != abi.BTFKind.STRUCT:
-            raise ObjectFormatError(f"{self.path}: map '{name}' is not a struct in BTF")
+            raise self._error(f"map '{name}' is not a struct in BTF")
         fields = {}
         for m in t.members:
             mt = btf.type(btf.skip_mods_and_typedefs(m.type))
@@ -381,20 +394,19 @@ class _Reader:
                           "pinning", "map_extra"):
                 # __uint(x, N) is encoded as `int (*x)[N]`
                 if mt.kind != abi.BTFKind.PTR:
-                    raise ObjectFormatError(f"{self.path}: map '{name}' field {m.name} is not __uint()")
+                    raise self._error(f"map '{name}' field {m.name} is not __uint()")
                 arr = btf.type(btf.skip_mods_and_typedefs(mt.type))
                 if arr.kind != abi.BTFKind.ARRAY:
-                    raise ObjectFormatError(f"{self.path}: map '{name}' field {m.name} is not __uint()")
+                    raise self._error(f"map '{name}' field {m.name} is not __uint()")
                 fields[m.name] = arr.array.nelems
             elif m.name in ("key", "value"):
                 if mt.kind != abi.BTFKind.PTR:
-                    raise ObjectFormatError(f"{self.path}: map '{name}' field {m.name} is not __type()")
+                    raise self._error(f"map '{name}' field {m.name} is not __type()")
                 fields[m.name + "_size"] = btf.resolve_size(mt.type)
-                fields[m.name + "_type_id"] = mt.type
             else:
-                raise ObjectFormatError(f"{self.path}: map '{name}' uses unsupported attribute '{m.name}'")
+                raise self._error(f"map '{name}' uses unsupported attribute '{m.name}'")
         if "type" not in fields:
-            raise ObjectFormatError(f"{self.path}: map '{name}' has no type")
+            raise self._error(f"map '{name}' has no type")
         mtype = fields["type"]
         key_size = fields.get("key_size", 0)
         value_size = fields.get("value_size", 0)
@@ -402,6 +414,4 @@ class _Reader:
         if mtype == abi.MapType.RINGBUF:
             key_size = value_size = 0
         return MapSpec(name=name, map_type=mtype, key_size=key_size, value_size=value_size,
-                       max_entries=max_entries, flags=fields.get("map_flags", 0),
-                       btf_key_type_id=fields.get("key_type_id", 0),
-                       btf_value_type_id=fields.get("value_type_id", 0))
+                       max_entries=max_entries, flags=fields.get("map_flags", 0))

@@ -1,9 +1,8 @@
 """What the kernel holds: ids of every loaded BPF program, map, link and BTF object (BPF_*_GET_NEXT_ID).
 Used to prove that pytracer leaves nothing behind, whatever way it exits."""
 import errno
-import struct
 
-from . import abi
+from . import abi, uapi
 from .syscall import bpf, raise_from_oserror
 
 KINDS = {"prog": abi.Cmd.PROG_GET_NEXT_ID, "map": abi.Cmd.MAP_GET_NEXT_ID,
@@ -15,14 +14,14 @@ def ids(kind):
     cmd = KINDS[kind]
     out, start = [], 0
     while True:
-        attr = bytearray(struct.pack("<III", start, 0, 0))
+        attr = bytearray(uapi.ATTR_GET_ID.pack(start_id=start))
         try:
             bpf(cmd, attr)
         except OSError as e:
             if e.errno == errno.ENOENT:
                 return out
             raise_from_oserror(f"listing BPF {kind} ids", e)
-        start = struct.unpack_from("<I", attr, 4)[0]
+        start = uapi.ATTR_GET_ID.get(attr, "next_id")
         out.append(start)
 
 

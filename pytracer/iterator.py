@@ -8,9 +8,8 @@ keeps the link so that it can run the program again; `run()` does one pass and l
 """
 import errno
 import os
-import struct
 
-from . import abi
+from . import abi, uapi
 from .errors import KernelFeatureError, PytracerError
 from .syscall import Buffer, bpf, privilege_error, raise_from_oserror
 
@@ -35,7 +34,8 @@ def missing_target_error(spec):
     return KernelFeatureError(
         f"program '{spec.name}' ({spec.section}) is a BPF iterator over '{spec.attach_target}', which this "
         f"kernel ({os.uname().release}) does not have: the {spec.attach_target} iterator needs "
-        f"{_since(spec.attach_target)} with BTF")
+        f"{_since(spec.attach_target)} with BTF", feature=f"{spec.attach_target} iterator",
+        since=SINCE.get(spec.attach_target))
 
 
 def task_link_info(pid=0, tid=0):
@@ -44,7 +44,7 @@ def task_link_info(pid=0, tid=0):
     must still filter by itself when that matters."""
     if pid and tid:
         raise PytracerError("an iterator can be limited to a process or to a thread, not both")
-    return struct.pack(abi.ITER_LINK_INFO_TASK, tid, pid, 0)
+    return uapi.ITER_LINK_INFO_TASK.pack(tid=tid, pid=pid)
 
 
 def is_iterator(program):
@@ -68,7 +68,7 @@ class Iterator:
         if self.fd < 0:
             raise PytracerError(f"{self.description} of {self.program.name} is closed")
         try:
-            ifd = bpf(abi.Cmd.ITER_CREATE, struct.pack(abi.ITER_CREATE, self.fd, 0))
+            ifd = bpf(abi.Cmd.ITER_CREATE, uapi.ATTR_ITER_CREATE.pack(link_fd=self.fd))
         except OSError as e:
             raise_from_oserror(f"creating an iterator fd for {self.program.name}", e)
         try:
@@ -102,12 +102,11 @@ def run(program, link_info=b""):
 
 def _link_create(program, link_info):
     """BPF_LINK_CREATE with attach type BPF_TRACE_ITER; the link info (if any) is passed by pointer."""
-    if link_info:
-        info = Buffer(link_info)
-        attr = struct.pack(abi.LINK_CREATE_ITER, program.fd, 0, abi.AttachType.TRACE_ITER, 0, info.addr,
-                           len(link_info))
-    else:
-        attr = struct.pack(abi.LINK_CREATE_ITER_SHORT, program.fd, 0, abi.AttachType.TRACE_ITER, 0)
+    # Task, task_file and tcp iterators need no link info: then the attr stops after flags.
+    info = Buffer(link_info) if link_info else None
+    attr = uapi.ATTR_LINK_CREATE.pack(upto="iter_info_len" if info else "flags", prog_fd=program.fd,
+                                      attach_type=abi.AttachType.TRACE_ITER, iter_info=info.addr if info else 0,
+                                      iter_info_len=len(link_info))
     try:
         return bpf(abi.Cmd.LINK_CREATE, attr)
     except OSError as e:
@@ -116,12 +115,14 @@ def _link_create(program, link_info):
         if e.errno == errno.EINVAL and link_info:
             raise KernelFeatureError(
                 f"the kernel refused the link info for iterator {program.name} ({program.spec.section}); "
-                f"limiting task iterators to one process or thread needs Linux 6.1") from None
+                f"limiting task iterators to one process or thread needs Linux 6.1",
+                feature="task iterator link info", since="6.1") from None
         if e.errno in (errno.EINVAL, errno.ENOENT, errno.ENOTSUP, abi.ENOTSUPP):
             raise KernelFeatureError(
                 f"the kernel cannot create a link for iterator {program.name} ({program.spec.section}): "
                 f"{os.strerror(e.errno)} (BPF iterators need Linux 5.8; the {program.spec.attach_target} "
-                f"iterator needs {_since(program.spec.attach_target)})") from None
+                f"iterator needs {_since(program.spec.attach_target)})",
+                feature=f"{program.spec.attach_target} iterator", since=SINCE.get(program.spec.attach_target)) from None
         raise_from_oserror(f"creating the iterator link of {program.name}", e)
 
 

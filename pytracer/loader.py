@@ -7,13 +7,13 @@ in reverse order, on every exit path.
         rb = obj.ring_buffer("events")
         text = obj.run_iterator("dump_tasks")   # an iter/task program: one pass, its output
 """
+from __future__ import annotations
+
 import errno
 import os
-import struct
-import sys
 
-from . import abi, attach as attach_mod, cache, features, iterator, maps as maps_mod, program as program_mod
-from .errors import AttachError, KernelFeatureError, PytracerError
+from . import abi, uapi, attach as attach_mod, cache, features, iterator, maps as maps_mod, program as program_mod, records
+from .errors import AttachError, KernelFeatureError, PytracerError, warn
 from .ringbuf import RingBuffer
 from .spec import ObjectSpec
 from .syscall import Buffer, bpf, raise_from_oserror
@@ -21,8 +21,14 @@ from .syscall import Buffer, bpf, raise_from_oserror
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 
 
-def prepare(path, use_cache=True):
+def prepare(path: str, use_cache: bool = True) -> tuple[ObjectSpec, list[str]]:
     """ObjectSpec relocated for the running kernel, plus the CO-RE failure messages (from cache if any)."""
+    spec, failures, _key = _prepare(path, use_cache)
+    return spec, failures
+
+
+def _prepare(path, use_cache):
+    """prepare(), and the object's cache key (None with use_cache=False)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -35,7 +41,7 @@ def prepare(path, use_cache=True):
             try:
                 spec = ObjectSpec.from_dict(hit["spec"])
                 spec.path = path
-                return spec, hit["core_failures"]
+                return spec, hit["core_failures"], key
             except (KeyError, TypeError, ValueError):
                 pass  # an entry from another layout: rebuild it
     from . import elf
@@ -49,16 +55,18 @@ def prepare(path, use_cache=True):
         if not os.path.exists(VMLINUX_BTF):
             raise KernelFeatureError(
                 f"this kernel exposes no BTF ({VMLINUX_BTF} is missing; it needs CONFIG_DEBUG_INFO_BTF=y, "
-                f"Linux 5.4+), so CO-RE relocation, BTF-typed tracepoints and BPF iterators are impossible")
+                f"Linux 5.4+), so CO-RE relocation, BTF-typed tracepoints and BPF iterators are impossible",
+                feature="kernel BTF", since="5.4")
         failures = apply_core_relocations(spec, BTF(spec.btf), BTF.load_vmlinux(VMLINUX_BTF)) or []
     spec.relocated = True
     if key:
         cache.put(key, {"spec": spec.to_dict(), "core_failures": failures})
-    return spec, failures
+    return spec, failures, key
 
 
 class BPFObject:
-    def __init__(self, path, rodata=None, map_max_entries=None, programs=None, use_cache=True):
+    def __init__(self, path: str, rodata: dict[str, bytes | int] | None = None,
+                 map_max_entries: dict[str, int] | None = None, programs=None, use_cache: bool = True):
         """Load `path`: `rodata` sets `const volatile` globals, `map_max_entries` resizes maps (e.g. the
         ring buffer), `programs` limits which programs are loaded: names, or a predicate on ProgramSpec
         (default: all). Programs that will not be attached are best not loaded: verifying costs time."""
@@ -68,6 +76,7 @@ class BPFObject:
         self.links = []
         self._ringbufs = []
         self.btf_fd = -1
+        self._key = None
         try:
             self._load(rodata or {}, map_max_entries or {}, programs, use_cache)
         except BaseException:
@@ -77,7 +86,7 @@ class BPFObject:
     # -- loading ----------------------------------------------------------------------------------------
     def _load(self, rodata, sizes, wanted, use_cache):
         features.raise_memlock_rlimit()
-        self.spec, self.core_failures = prepare(self.path, use_cache)
+        self.spec, self.core_failures, self._key = _prepare(self.path, use_cache)
         spec = self.spec
         if callable(wanted):
             wanted = [name for name, p in spec.programs.items() if wanted(p)]
@@ -108,6 +117,16 @@ class BPFObject:
             self.programs[name] = program_mod.load(pspec, self.maps, self.btf_fd, spec.license,
                                                    self._source_btf, self.core_failures)
 
+    # -- the object's types -----------------------------------------------------------------------------
+    def record(self, name: str) -> records.Layout:
+        """records.Layout of `struct name`, a ring buffer record, built from this object's BTF (the C
+        header is the only definition; cached per object)."""
+        return records.record_layout(lambda: self.spec.btf, name, self._key)
+
+    def enums(self, *names: str) -> dict[str, int]:
+        """{constant: value} of the enums `names` in this object's BTF (event types, flags), in one dict."""
+        return records.enums(lambda: self.spec.btf, names, self._key)
+
     def _source_btf(self):
         """The object's BTF, parsed only when a rejection is to be annotated with C source lines."""
         from .btf import BTF
@@ -120,7 +139,8 @@ class BPFObject:
         buf = Buffer(raw)
         for log_size in (0, 1 << 20):
             log = Buffer(log_size) if log_size else None
-            attr = struct.pack("<QQIII", buf.addr, log.addr if log else 0, len(raw), log_size, 1 if log else 0)
+            attr = uapi.ATTR_BTF_LOAD.pack(btf=buf.addr, btf_log_buf=log.addr if log else 0, btf_size=len(raw),
+                                           btf_log_size=log_size, btf_log_level=1 if log else 0)
             try:
                 self.btf_fd = bpf(abi.Cmd.BTF_LOAD, attr)
                 return
@@ -131,14 +151,13 @@ class BPFObject:
                     continue
                 text = log.raw.split(b"\0", 1)[0].decode("utf-8", "replace").strip()
                 # Programs still load without object BTF; only source lines in verifier logs are lost.
-                print(f"pytracer: warning: the kernel refused the object's BTF ({os.strerror(e.errno)}"
-                      f"{': ' + text.splitlines()[-1] if text else ''}); loading without line info",
-                      file=sys.stderr)
+                warn(f"the kernel refused the object's BTF ({os.strerror(e.errno)}"
+                     f"{': ' + text.splitlines()[-1] if text else ''}); loading without line info")
                 self.btf_fd = -1
                 return
 
     # -- attaching and reading ---------------------------------------------------------------------------
-    def attach(self, names=None):
+    def attach(self, names: list[str] | None = None) -> list[attach_mod.Link]:
         """Attach the named programs (default: every loaded one that is not an iterator; iterators run on
         demand, see run_iterator). Returns the new links."""
         if names is None:
@@ -153,13 +172,13 @@ class BPFObject:
             new.append(link)
         return new
 
-    def run_iterator(self, name, link_info=b""):
+    def run_iterator(self, name: str, link_info: bytes = b"") -> bytes:
         """Run iterator program `name` (an iter/<target> section) over every object of its target once
         and return what it wrote (b"" if it only updates maps). Nothing stays in the kernel afterwards.
         `link_info` is a union bpf_iter_link_info, e.g. iterator.task_link_info(pid=...)."""
         return iterator.run(self._iterator_program(name), link_info)
 
-    def iterator(self, name, link_info=b""):
+    def iterator(self, name: str, link_info: bytes = b"") -> iterator.Iterator:
         """An Iterator for program `name` that keeps its link, for repeated runs (`.read()`); this object
         owns it and closes it with its links."""
         it = iterator.Iterator(self._iterator_program(name), link_info)
@@ -180,7 +199,7 @@ class BPFObject:
                                 f"(iter/<target> section)")
         return prog
 
-    def ring_buffer(self, map_name):
+    def ring_buffer(self, map_name: str) -> RingBuffer:
         m = self.maps[map_name]
         if m.spec.map_type != abi.MapType.RINGBUF:
             raise PytracerError(f"map '{map_name}' is not a ring buffer")
@@ -189,7 +208,7 @@ class BPFObject:
         return rb
 
     # -- lifetime ----------------------------------------------------------------------------------------
-    def close(self):
+    def close(self) -> None:
         """Release everything, links first (so programs stop firing), then ring buffers, programs, maps."""
         for group in (self.links, self._ringbufs):
             while group:

@@ -1,10 +1,14 @@
 """BPF maps: creation from a MapSpec, element access, and the global-data (.rodata/.data/.bss) helpers."""
+from __future__ import annotations
+
 import errno
 import os
 import struct
+from collections.abc import Iterator
 
-from . import abi
+from . import abi, uapi
 from .errors import KernelFeatureError, PytracerError
+from .spec import MapSpec
 from .syscall import Buffer, bpf, raise_from_oserror
 
 _MAP_NAME_OK = set(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.")
@@ -46,8 +50,9 @@ class Map:
 
     @classmethod
     def create(cls, spec):
-        attr = struct.pack("<IIIIIII16s", spec.map_type, spec.key_size, spec.value_size, spec.max_entries,
-                           spec.flags, 0, 0, kernel_name(spec.name))
+        attr = uapi.ATTR_MAP_CREATE.pack(map_type=spec.map_type, key_size=spec.key_size,
+                                         value_size=spec.value_size, max_entries=spec.max_entries,
+                                         map_flags=spec.flags, map_name=kernel_name(spec.name))
         try:
             fd = bpf(abi.Cmd.MAP_CREATE, attr)
         except OSError as e:
@@ -57,7 +62,8 @@ class Map:
                 if not features.have_ringbuf():
                     raise KernelFeatureError(
                         f"this kernel ({os.uname().release}) has no BPF ring buffer, which pytracer needs: "
-                        f"BPF_MAP_TYPE_RINGBUF came in Linux 5.8") from None
+                        f"BPF_MAP_TYPE_RINGBUF came in Linux 5.8", feature="BPF_MAP_TYPE_RINGBUF",
+                        since="5.8") from None
                 raise PytracerError(f"the kernel refused ring buffer '{spec.name}' of {spec.max_entries} bytes: "
                                     f"the size must be a power of two and a multiple of the page size") from None
             if e.errno == errno.EINVAL:
@@ -68,6 +74,25 @@ class Map:
             raise_from_oserror(f"creating BPF map '{spec.name}'", e)
         return cls(spec, fd)
 
+    @classmethod
+    def from_id(cls, map_id: int) -> Map:
+        """Open an existing map by its kernel id (BPF_MAP_GET_FD_BY_ID; any process's map, as root)."""
+        try:
+            fd = bpf(abi.Cmd.MAP_GET_FD_BY_ID, uapi.ATTR_GET_ID.pack(start_id=map_id))
+        except OSError as e:
+            raise_from_oserror(f"opening BPF map id {map_id}", e)
+        try:
+            i = info_by_fd(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(MapSpec(name=i["name"], map_type=i["type"], key_size=i["key_size"],
+                           value_size=i["value_size"], max_entries=i["max_entries"], flags=i["map_flags"]), fd)
+
+    def info(self) -> dict:
+        """The kernel's struct bpf_map_info for this map, as a dict (name decoded)."""
+        return info_by_fd(self.fd)
+
     def close(self):
         if self.fd >= 0:
             os.close(self.fd)
@@ -76,11 +101,11 @@ class Map:
     # -- element access ------------------------------------------------------------------------------
     def _elem(self, cmd, key, value_buf=None, flags=0):
         kbuf = Buffer(key) if key is not None else None
-        attr = struct.pack("<IIQQQ", self.fd, 0, kbuf.addr if kbuf else 0,
-                           value_buf.addr if value_buf else 0, flags)
+        attr = uapi.ATTR_MAP_ELEM.pack(map_fd=self.fd, key=kbuf.addr if kbuf else 0,
+                                       value=value_buf.addr if value_buf else 0, flags=flags)
         return bpf(cmd, attr)
 
-    def lookup(self, key):
+    def lookup(self, key: bytes) -> bytes | list[bytes] | None:
         """Value bytes for `key` (for per-CPU maps: a list with one bytes per possible CPU), or None."""
         vbuf = Buffer(self.slot * self.ncpus)
         try:
@@ -94,13 +119,13 @@ class Map:
             return [raw[i * self.slot:i * self.slot + self.value_size] for i in range(self.ncpus)]
         return raw
 
-    def update(self, key, value, flags=abi.BPF_ANY):
+    def update(self, key: bytes, value: bytes, flags: int = abi.BPF_ANY) -> None:
         try:
             self._elem(abi.Cmd.MAP_UPDATE_ELEM, key, Buffer(value), flags)
         except OSError as e:
             raise_from_oserror(f"writing map '{self.name}'", e)
 
-    def delete(self, key):
+    def delete(self, key: bytes) -> bool:
         try:
             self._elem(abi.Cmd.MAP_DELETE_ELEM, key)
         except OSError as e:
@@ -109,7 +134,7 @@ class Map:
             raise_from_oserror(f"deleting from map '{self.name}'", e)
         return True
 
-    def keys(self):
+    def keys(self) -> Iterator[bytes]:
         key = None
         nbuf = Buffer(self.key_size)
         while True:
@@ -127,11 +152,11 @@ class Map:
 
     def freeze(self):
         try:
-            bpf(abi.Cmd.MAP_FREEZE, struct.pack("<I", self.fd))
+            bpf(abi.Cmd.MAP_FREEZE, uapi.ATTR_MAP_ELEM.pack(upto="map_fd", map_fd=self.fd))
         except OSError as e:
             raise_from_oserror(f"freezing map '{self.name}'", e)
 
-    def sum_percpu_u64(self, key=b"\0\0\0\0"):
+    def sum_percpu_u64(self, key: bytes = b"\0\0\0\0") -> int:
         """Sum of a per-CPU u64 counter (e.g. records the BPF side could not reserve)."""
         vals = self.lookup(key)
         if vals is None:
@@ -141,7 +166,20 @@ class Map:
         return sum(struct.unpack_from("<Q", v)[0] for v in vals)
 
 
-def patch_variables(spec, values):
+def info_by_fd(fd: int) -> dict:
+    """struct bpf_map_info of an open map fd, as a dict of its fields (`name` as text)."""
+    layout = uapi.BPF_MAP_INFO
+    buf = Buffer(layout.size)
+    try:
+        bpf(abi.Cmd.OBJ_GET_INFO_BY_FD, uapi.ATTR_OBJ_INFO.pack(bpf_fd=fd, info_len=layout.size, info=buf.addr))
+    except OSError as e:
+        raise_from_oserror("reading information about a BPF map", e)
+    info = layout.unpack(buf.raw)
+    info["name"] = info["name"].split(b"\0", 1)[0].decode(errors="replace")
+    return info
+
+
+def patch_variables(spec: MapSpec, values: dict[str, bytes | int]) -> None:
     """Write `values` (name -> bytes or int) into a global-data MapSpec's initial image before load.
 
     This is how `const volatile` settings (filters) reach the kernel: they are part of .rodata, which the

@@ -2,17 +2,16 @@
 import errno
 import os
 import re
-import struct
 
-from . import abi, iterator
+from . import abi, iterator, uapi
 from .errors import KernelFeatureError, PytracerError, VerifierError
 from .maps import kernel_name
 from .syscall import Buffer, bpf, privilege_error, raise_from_oserror
 
 LOG_START = 1 << 20
 LOG_MAX = 1 << 28          # the kernel's own limit for log_size is UINT_MAX >> 2
-_INSN = struct.Struct("<BBhi")
-PROG_INFO_SIZE = abi.PROG_INFO_RECURSION_MISSES + 8
+_INSN = uapi.BPF_INSN.struct
+PROG_INFO_SIZE = uapi.BPF_PROG_INFO.end("recursion_misses")
 
 
 def relocate_maps(prog, maps):
@@ -26,7 +25,8 @@ def relocate_maps(prog, maps):
         src = abi.BPF_PSEUDO_MAP_VALUE if r.is_value else abi.BPF_PSEUDO_MAP_FD
         _INSN.pack_into(code, r.insn_index * 8, op, (regs & 0x0F) | (src << 4), off, m.fd)
         if r.is_value:
-            struct.pack_into("<i", code, r.insn_index * 8 + 12, r.offset)
+            op2, regs2, off2, _ = _INSN.unpack_from(code, (r.insn_index + 1) * 8)   # the second slot's imm
+            _INSN.pack_into(code, (r.insn_index + 1) * 8, op2, regs2, off2, r.offset)
     return bytes(code)
 
 
@@ -42,7 +42,8 @@ class Program:
         """The kernel's struct bpf_prog_info for this program (raw bytes, as long as this kernel fills)."""
         buf = Buffer(PROG_INFO_SIZE)
         try:
-            bpf(abi.Cmd.OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", self.fd, PROG_INFO_SIZE, buf.addr))
+            bpf(abi.Cmd.OBJ_GET_INFO_BY_FD, uapi.ATTR_OBJ_INFO.pack(bpf_fd=self.fd, info_len=PROG_INFO_SIZE,
+                                                                     info=buf.addr))
         except OSError as e:
             raise_from_oserror(f"reading information about program {self.name}", e)
         return buf.raw
@@ -50,7 +51,7 @@ class Program:
     def recursion_misses(self):
         """Runs the kernel skipped because a BPF program was already running on that CPU (Linux 5.12+;
         0 where the kernel does not count them). Such skips are lost events, so callers report them."""
-        return struct.unpack_from("<Q", self.info(), abi.PROG_INFO_RECURSION_MISSES)[0]
+        return uapi.BPF_PROG_INFO.get(self.info(), "recursion_misses")
 
     def close(self):
         if self.fd >= 0:
@@ -71,22 +72,23 @@ def load(prog, maps, btf_fd, license_, source_btf=None, core_failures=()):
 
     def attempt(log_level, log_size):
         logbuf = Buffer(log_size) if log_size else None
-        fields = [
-            ("I", prog.prog_type), ("I", len(insns) // 8), ("Q", ibuf.addr), ("Q", lbuf.addr),
-            ("I", log_level), ("I", log_size), ("Q", logbuf.addr if logbuf else 0),
-            ("I", 0), ("I", 0), ("16s", kernel_name(prog.name)), ("I", 0),
-            ("I", prog.expected_attach_type),
-        ]
+        fields = dict(prog_type=prog.prog_type, insn_cnt=len(insns) // 8, insns=ibuf.addr, license=lbuf.addr,
+                      log_level=log_level, log_size=log_size, log_buf=logbuf.addr if logbuf else 0,
+                      prog_name=kernel_name(prog.name), expected_attach_type=prog.expected_attach_type)
+        upto = "expected_attach_type"
         if btf_fd >= 0:
-            fields += [("I", btf_fd), ("I", prog.func_info_rec_size if fi else 0), ("Q", fi.addr if fi else 0),
-                       ("I", len(prog.func_info) // prog.func_info_rec_size if fi else 0),
-                       ("I", prog.line_info_rec_size if li else 0), ("Q", li.addr if li else 0),
-                       ("I", len(prog.line_info) // prog.line_info_rec_size if li else 0)]
-        elif prog.attach_btf_id:
-            fields += [("I", 0), ("I", 0), ("Q", 0), ("I", 0), ("I", 0), ("Q", 0), ("I", 0)]
+            upto = "line_info_cnt"
+            fields.update(prog_btf_fd=btf_fd)
+            if fi:
+                fields.update(func_info_rec_size=prog.func_info_rec_size, func_info=fi.addr,
+                              func_info_cnt=len(prog.func_info) // prog.func_info_rec_size)
+            if li:
+                fields.update(line_info_rec_size=prog.line_info_rec_size, line_info=li.addr,
+                              line_info_cnt=len(prog.line_info) // prog.line_info_rec_size)
         if prog.attach_btf_id:
-            fields += [("I", prog.attach_btf_id)]
-        attr = struct.pack("<" + "".join(f for f, _ in fields), *(v for _, v in fields))
+            upto = "attach_btf_id"
+            fields.update(attach_btf_id=prog.attach_btf_id)
+        attr = uapi.ATTR_PROG_LOAD.pack(upto=upto, **fields)
         try:
             return bpf(abi.Cmd.PROG_LOAD, attr), None
         except OSError as e:
@@ -116,7 +118,7 @@ def load(prog, maps, btf_fd, license_, source_btf=None, core_failures=()):
         if prog.attach_kind == "tp_btf":
             raise KernelFeatureError(
                 f"the kernel refused BTF-typed tracepoint program {prog.name} (tp_btf, Linux 5.5+ with "
-                f"/sys/kernel/btf/vmlinux)") from None
+                f"/sys/kernel/btf/vmlinux)", feature="tp_btf programs", since="5.5") from None
         if prog.attach_kind == "iter":
             raise iterator.missing_target_error(prog) from None
         raise PytracerError(f"the kernel refused program {prog.name} ({prog.section}): invalid argument "
@@ -128,7 +130,7 @@ def load(prog, maps, btf_fd, license_, source_btf=None, core_failures=()):
             f"BPF helper {missing.group(1)}, which program {prog.name} needs"
             f"{' (' + HELPER_SINCE[missing.group(1)] + ')' if missing.group(1) in HELPER_SINCE else ''}") from None
     raise VerifierError(summarise_rejection(prog, log, source_btf() if source_btf else None, core_failures),
-                        annotate_log(log)) from None
+                        annotate_log(log), program=prog.name, section=prog.section) from None
 
 
 # A helper the kernel does not know, or does not offer to this program type (a poisoned CO-RE call reads
@@ -176,7 +178,7 @@ def source_line(prog, insn_index, btf):
         return None
     best = None
     for off in range(0, len(prog.line_info), prog.line_info_rec_size):
-        insn_off, file_off, line_off, col = struct.unpack_from("<IIII", prog.line_info, off)
+        insn_off, file_off, line_off, col = uapi.BPF_LINE_INFO.struct.unpack_from(prog.line_info, off)
         if insn_off > insn_index:
             break
         best = (file_off, line_off, col)

@@ -15,6 +15,8 @@ time, and the kernel reads consumer_pos while we write it: stored that way, at 2
 (0 stored whole; tests/test_tcpsnoop.py::test_no_loss_when_the_reader_keeps_up). producer_pos read byte by
 byte once produced 3 more lines than records were written (0 read whole).
 """
+from __future__ import annotations
+
 import mmap
 import os
 import select
@@ -28,7 +30,7 @@ HDR = 8
 
 
 class RingBuffer:
-    def __init__(self, map_fd, size):
+    def __init__(self, map_fd: int, size: int):
         if size <= 0 or size & (size - 1) or size % mmap.PAGESIZE:
             raise PytracerError(f"ring buffer size {size} is not a power-of-two multiple of the page size")
         page = mmap.PAGESIZE
@@ -66,11 +68,11 @@ class RingBuffer:
     def _producer(self):
         return self._prod_pos[0]
 
-    def pending_bytes(self):
+    def pending_bytes(self) -> int:
         return self._producer() - self._consumer()
 
     # -- waiting ---------------------------------------------------------------------------------------
-    def poll(self, timeout):
+    def poll(self, timeout: float | None) -> bool:
         """Wait up to `timeout` seconds (None: forever) for data. True if there may be records."""
         if self._producer() != self._consumer():
             return True
@@ -80,7 +82,7 @@ class RingBuffer:
             return False
 
     # -- reading ---------------------------------------------------------------------------------------
-    def read(self, record, limit=1 << 30):
+    def read(self, record: struct.Struct, limit: int = 1 << 30) -> list[tuple]:
         """Drain committed records, decoding each with `record` (a struct.Struct of the record payload).
 
         Returns a list of tuples. Discarded records are skipped; records of another length are skipped and
@@ -124,7 +126,7 @@ class RingBuffer:
         self._cons_pos[0] = cons
         return out
 
-    def read_raw(self, limit=1 << 30):
+    def read_raw(self, limit: int = 1 << 30) -> list[bytes]:
         """Drain committed records as bytes (any length)."""
         out = []
         data, mask = self._data, self.mask

@@ -95,8 +95,6 @@ class MapSpec(_Record):
     FIELDS = _fields(
         "name", "map_type", "key_size", "value_size", "max_entries",   # map_type: abi.MapType
         ("flags", 0),
-        ("btf_key_type_id", 0),
-        ("btf_value_type_id", 0),
         ("section", ".maps"),       # ".maps", ".rodata", ".data", ".bss"
         ("initial", None),          # initial contents (global data); .bss is all zero
         ("freeze", False),          # .rodata is frozen after it is filled

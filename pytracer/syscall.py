@@ -70,6 +70,13 @@ def perf_event_open(attr_bytes, pid, cpu, group_fd, flags):
     return ret
 
 
+def mount(source, target, fstype):
+    """mount(2) with no flags or data; returns 0 or the errno."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    rc = libc.mount(source.encode(), target.encode(), fstype.encode(), ctypes.c_ulong(0), None)
+    return ctypes.get_errno() if rc != 0 else 0
+
+
 def ioctl(fd, request, arg=0):
     ret = _ioctl(ctypes.c_int(fd), ctypes.c_ulong(request), ctypes.c_ulong(arg))
     if ret < 0:
@@ -111,7 +118,7 @@ def privilege_error(what, err):
         return PermissionError_(
             f"{what}: permission denied ({os.strerror(err)}). pytracer needs root, or CAP_BPF and "
             f"CAP_PERFMON (or CAP_SYS_ADMIN); this process lacks {' and '.join(missing)}. "
-            f"Run it with sudo.")
+            f"Run it with sudo.", missing=missing)
     return PermissionError_(
         f"{what}: permission denied ({os.strerror(err)}) although this process has the capabilities; "
         f"kernel lockdown, a security module or kernel.perf_event_paranoid may forbid it.")
@@ -123,5 +130,6 @@ def raise_from_oserror(what, exc):
     if err in (errno.EPERM, errno.EACCES):
         raise privilege_error(what, err) from None
     if err == errno.ENOSYS:
-        raise KernelFeatureError(f"{what}: this kernel has no bpf() system call (CONFIG_BPF_SYSCALL)") from None
+        raise KernelFeatureError(f"{what}: this kernel has no bpf() system call (CONFIG_BPF_SYSCALL)",
+                                 feature="bpf() system call") from None
     raise SyscallError(f"{what}: {os.strerror(err)}", err) from None

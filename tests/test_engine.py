@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from conftest import ROOT, assert_nothing_left, obj_path, run_env
-from pytracer import errors, events, inventory
+from pytracer import errors, inventory, records as events
 from pytracer.loader import BPFObject
 
 ENGINE = obj_path("enginetest")
@@ -21,7 +21,7 @@ def getppid_n(n):
 
 
 def test_load_attach_read(no_leaks):
-    lay = events.get_layout("probe_event")
+    lay = events.object_layout(ENGINE, "probe_event")
     with BPFObject(ENGINE, rodata={"target_tgid": os.getpid()}, use_cache=False) as obj:
         obj.attach()
         rb = obj.ring_buffer("events")
@@ -44,7 +44,7 @@ def test_cached_spec_loads_the_same(no_leaks, tmp_path, monkeypatch):
     """A relocated spec written to the cache and read back loads and behaves the same."""
     monkeypatch.setenv("PYTRACER_CACHE_DIR", str(tmp_path / "cache"))
     os.chmod(tmp_path, 0o700)
-    lay = events.get_layout("probe_event")
+    lay = events.object_layout(ENGINE, "probe_event")
     for attempt in range(2):
         with BPFObject(ENGINE, rodata={"target_tgid": os.getpid()}) as obj:
             obj.attach()
@@ -53,7 +53,8 @@ def test_cached_spec_loads_the_same(no_leaks, tmp_path, monkeypatch):
         assert len(os.listdir(tmp_path / "cache")) == 1
 
 
-def test_cache_refuses_group_writable_dir(tmp_path, monkeypatch, capsys, kernel):
+def test_cache_refuses_group_writable_dir(tmp_path, monkeypatch, caplog, kernel):
+    """Refused, with a warning: to the `pytracer` logger (library code never prints; the CLI shows it)."""
     from pytracer import cache
 
     d = tmp_path / "c"
@@ -64,12 +65,12 @@ def test_cache_refuses_group_writable_dir(tmp_path, monkeypatch, capsys, kernel)
     monkeypatch.setattr(cache, "_warned", False)
     assert cache.put("k", {"x": 1}) is False
     assert os.listdir(d) == []
-    assert "writable by group or others" in capsys.readouterr().err
+    assert "writable by group or others" in caplog.text
 
 
 def test_ring_buffer_overflow_is_counted(no_leaks):
     """With a one-page ring buffer most records cannot be reserved: delivered + lost == produced."""
-    lay = events.get_layout("probe_event")
+    lay = events.object_layout(ENGINE, "probe_event")
     with BPFObject(ENGINE, rodata={"target_tgid": os.getpid()}, map_max_entries={"events": 4096},
                    use_cache=False) as obj:
         obj.attach()
@@ -96,7 +97,7 @@ def test_reading_while_another_process_produces(no_leaks):
     """Records written by another process while we read, 6 MB through a 1 MiB ring (so the positions wrap
     many times): every sequence number arrives exactly once, in order, none lost, none malformed."""
     n = 150_000
-    lay = events.get_layout("probe_event")
+    lay = events.object_layout(ENGINE, "probe_event")
     seq_at = lay.names.index("seq")
     with subprocess.Popen([sys.executable, "-c", PRODUCER.format(n=n)], stdin=subprocess.PIPE, text=True) as child:
         try:
@@ -255,42 +256,57 @@ def test_leak_check_tells_ours_from_other_bpf_users(kernel):
     assert_nothing_left(before, "the foreign holder's exit")
 
 
-def test_record_layouts_match_btf(kernel):
-    """The construct layouts and the C structs (from the objects' BTF) agree field by field."""
+def test_record_layout_from_btf():
+    """The record decoders are built from the C structs in the objects' BTF: every named member, at its
+    offset, with its size; members named _... and holes are padding."""
     from pytracer.btf import BTF
     from pytracer.elf import read_object
 
     for objname, sname in (("tcpsnoop", "tcpsnoop_event"), ("enginetest", "probe_event")):
-        spec = read_object(obj_path(objname))
-        btf = BTF(spec.btf)
-        ids = btf.find_by_name(sname)
-        assert ids, f"{sname} not in {objname}'s BTF"
-        t = btf.type(ids[0])
+        btf = BTF(read_object(obj_path(objname)).btf)
+        t = btf.type(btf.find_by_name(sname)[0])
         c_fields = [(m.name, m.bit_offset // 8, btf.resolve_size(m.type)) for m in t.members
                     if not m.name.startswith("_")]
-        lay = events.get_layout(sname)
+        lay = events.object_layout(obj_path(objname), sname)
         assert [(f.name, f.offset, f.size) for f in lay.fields] == c_fields
         assert lay.struct.size == t.size
+    assert events.object_layout(ENGINE, "probe_event").struct.format == "<QQLLQ"
 
 
-def test_event_enum_matches_header(kernel):
-    from pytracer.btf import BTF
-    from pytracer.elf import read_object
+def test_enum_values_from_btf():
+    from pytracer import tcpsnoop
 
-    btf = BTF(read_object(obj_path("tcpsnoop")).btf)
-    values = {}
-    for tid in btf.find_by_name("ev_type"):
-        values.update(dict(btf.type(tid).values))
-    for name in ("EV_CONNECT", "EV_ACCEPT", "EV_SEND", "EV_RECV", "EV_RESET", "EV_CLOSE", "EV_RESET_CLOSED_PORT",
-                 "EV_HANDSHAKE", "EV_OWNER"):
-        assert values[name] == getattr(events, name), name
+    _lay, k = tcpsnoop.object_types()
+    assert (k.EV_CONNECT, k.EV_ACCEPT, k.EV_SEND, k.EV_RECV, k.EV_RESET, k.EV_CLOSE, k.EV_RESET_CLOSED_PORT,
+            k.EV_HANDSHAKE, k.EV_OWNER) == tuple(range(1, 10))
+    assert (k.ATTR_OWNER_UNKNOWN, k.ATTR_RETRANS, k.ATTR_DISCARD, k.DIR_SENT, k.DIR_RECEIVED) == (1, 2, 4, 0, 1)
+    assert (k.TH_FIN, k.TH_SYN, k.TH_RST, k.TH_PSH, k.TH_ACK) == (1, 2, 4, 8, 16)
 
 
 def test_struct_decoder_equals_construct():
     """The derived struct decoder gives the same values as construct's own parser."""
-    con = events.tcpsnoop_event()
-    lay = events.get_layout("tcpsnoop_event")
+    from pytracer.elf import read_object
+
+    con = events.construct_from_btf(read_object(obj_path("tcpsnoop")).btf, "tcpsnoop_event")
+    lay = events.layout(con)
     raw = bytes(range(256))[:lay.struct.size]
     parsed = con.parse(raw)
     for name, value in zip(lay.names, lay.struct.unpack(raw)):
         assert parsed[name] == value, name
+
+
+def test_layout_cache_is_keyed_by_the_object(tmp_path, monkeypatch):
+    """Layouts are cached per object (its hash), not per source file: two objects, two entries."""
+    from pytracer import cache
+
+    monkeypatch.setenv("PYTRACER_CACHE_DIR", str(tmp_path / "c"))
+    os.chmod(tmp_path, 0o755)
+    monkeypatch.setattr(events, "_memo", {})
+    a = events.object_layout(ENGINE, "probe_event")
+    monkeypatch.setattr(events, "_memo", {})
+    b = events.object_layout(ENGINE, "probe_event")               # from disk this time
+    assert (b.struct.format, b.names, b.fields) == (a.struct.format, a.names, a.fields)
+    events.object_layout(obj_path("tcpsnoop"), "tcpsnoop_event")
+    _btf, key = events.object_btf(ENGINE)
+    assert cache.get(cache.derived_key(key, "record:probe_event"))["format"] == "<QQLLQ"
+    assert len(os.listdir(tmp_path / "c")) == 2

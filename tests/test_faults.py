@@ -24,8 +24,7 @@ import pytest
 import traffic
 from conftest import HANDSHAKE, without_notes, ROOT, need_tool, pytracer_cmd, run_env
 
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-import soak as kernel_view  # noqa: E402  (fdinfo ids, leftovers, wait_attached)
+from support import procview as kernel_view  # noqa: E402  (fdinfo ids, leftovers, wait_attached)
 
 NSEND, NRECV = 200_000, 5_000
 TRACEBACK = re.compile(r"Traceback|Exception ignored|Error:.*\n\s+File ")

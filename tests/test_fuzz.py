@@ -17,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from fuzz import harness
-from pytracer import events as ev
+
+ev = harness.constants()    # tcpsnoop's EV_*, ATTR_*, TH_* from its object's BTF
 
 SCALE = float(os.environ.get("PYTRACER_FUZZ_EXAMPLES", "1"))
 
@@ -257,7 +258,7 @@ def test_fuzz_convert_random_bytes(raw, by_owner):
 def test_every_comm_byte_is_escaped():
     """Each byte value in a task name (alone, and after a printable prefix) comes out printable, and
     distinct names stay distinct."""
-    from pytracer.tcpsnoop import escape_comm
+    from pytracer.toolkit.owners import escape_comm
 
     seen = {}
     for b in range(1, 256):
@@ -274,7 +275,7 @@ def test_every_comm_byte_is_escaped():
 def test_comm_escape_is_unambiguous():
     """A task may call itself '\\x1b' (four printable characters); it must not print the same as a name
     holding the ESC byte, or a hostile process can pass for another one in the output."""
-    from pytracer.tcpsnoop import escape_comm
+    from pytracer.toolkit.owners import escape_comm
 
     literal = escape_comm(b"\\x1b[31m".ljust(16, b"\0"))
     real = escape_comm(b"\x1b[31m".ljust(16, b"\0"))
@@ -316,8 +317,9 @@ import os, sys, time
 sys.path.insert(0, %(root)r)
 sys.path.insert(0, %(tests)r)
 from fuzz import harness
-from pytracer import events as ev
-from pytracer.cli import JsonWriter
+
+ev = harness.constants()    # tcpsnoop's EV_*, ATTR_*, TH_* from its object's BTF
+from pytracer.tools.tcpsnoop.cli import JsonWriter
 
 def rss():
     with open("/proc/self/status") as f:

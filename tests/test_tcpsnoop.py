@@ -270,7 +270,7 @@ def test_filters(kernel, no_leaks, name):
 
 
 def test_cgroup_filter(kernel, no_leaks):
-    from pytracer.tcpsnoop import cgroup2_mount
+    from pytracer.toolkit.owners import cgroup2_mount
 
     root = cgroup2_mount()
     if root is None:

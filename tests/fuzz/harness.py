@@ -790,16 +790,23 @@ def target_core(which, params):
 # --- records -> lines -> output ------------------------------------------------------------------------
 
 def record_layout():
-    from pytracer import events
+    from pytracer import tcpsnoop
 
-    return events.get_layout("tcpsnoop_event")
+    return tcpsnoop.object_types()[0]
+
+
+def constants():
+    """tcpsnoop's event types and flags (EV_*, ATTR_*, TH_*), from its object's BTF."""
+    from pytracer import tcpsnoop
+
+    return tcpsnoop.object_types()[1]
 
 
 def record_codec():
     """(full layout, record struct, identity struct or None): the record struct is what TcpSnoop.start()
     hands the ring buffer reader, so its tuples are exactly what convert() receives in real life. (Mirrors
     start(): when events.split exists, records are decoded as head fields + the connection identity.)"""
-    from pytracer import events
+    from pytracer import records as events
 
     lay = record_layout()
     split = getattr(events, "split", None)
@@ -830,14 +837,12 @@ def decode_records(raw):
 def make_snoop(by_owner=False):
     """A TcpSnoop that convert() can run on, without loading anything into the kernel: the attributes
     start() sets for convert (the clock offset, the record decoders)."""
+    from pytracer import tcpsnoop
     from pytracer.tcpsnoop import TcpSnoop
 
     snoop = TcpSnoop(pids=[1] if by_owner else ())
     snoop._epoch = time.time() - time.monotonic()
-    _, rec, ident = record_codec()
-    snoop._record = rec
-    if ident is not None:
-        snoop._identity = ident
+    snoop.use_types(*tcpsnoop.object_types())
     return snoop
 
 
@@ -866,7 +871,7 @@ def check_schema(d):
 def check_lines(snoop, records):
     """convert(), then the API's Event view and both output formats; every line must be well formed, and
     the JSON output must say what the API says."""
-    from pytracer.cli import ClassicWriter, JsonWriter
+    from pytracer.tools.tcpsnoop.cli import ClassicWriter, JsonWriter
     from pytracer.tcpsnoop import Event
 
     out = []
@@ -1021,7 +1026,7 @@ def _atheris_main(target, seconds, corpus, extra_args):
         import pytracer.core  # noqa: F401
         import pytracer.elf  # noqa: F401
         import pytracer.tcpsnoop  # noqa: F401
-        import pytracer.cli  # noqa: F401
+        import pytracer.tools.tcpsnoop.cli  # noqa: F401
 
     # warm the seeds outside the timed inputs
     object_seeds(), vmlinux_btf(), section_seeds(".BTF"), section_seeds(".BTF.ext")

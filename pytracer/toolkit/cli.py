@@ -1,0 +1,173 @@
+"""A tool's command line: the common flags (-t -p -u -c -P -4 -6 --cgroup -j -d, --ringbuf-mb,
+--no-cache, --version) and the read loop with Unix-tool manners (Ctrl-C, SIGTERM, -d and a closed stdout
+end quietly with status 0; errors are one clear message with the error's exit status).
+
+A tool's front end gives `run()` two functions: one making its tracer from the parsed arguments, one making
+its writer. The tracer is anything with start(), close(), poll_lines(timeout), drain_lines(),
+new_losses(), last_losses, fallbacks (notes for stderr) and obj (None once closed); see
+pytracer/tools/tcpsnoop/tracer.py.
+"""
+import argparse
+import os
+import signal
+import sys
+import time
+
+from .. import __version__
+from ..errors import PytracerError, on_warning
+from .filters import Filters
+
+
+class Stop(Exception):
+    """Raised from the SIGTERM handler to leave the read loop through the normal cleanup path."""
+
+
+def parser(prog, description, tool_flags=None):
+    """An ArgumentParser with the common flags; `tool_flags(parser)` adds the tool's own (after --cgroup)."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("-t", "--timestamp", action="store_true", help="print seconds since start as the first column")
+    p.add_argument("-p", "--pid", type=int, action="append", default=[], metavar="PID",
+                   help="only sockets owned by this process (repeatable)")
+    p.add_argument("-u", "--uid", type=int, help="only sockets owned by this user id")
+    p.add_argument("-c", "--comm", help="only sockets owned by a task with this name")
+    p.add_argument("-P", "--port", type=int, action="append", default=[], metavar="PORT",
+                   help="only connections with this local or remote port (repeatable)")
+    fam = p.add_mutually_exclusive_group()
+    fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 only")
+    fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 only (wide address columns)")
+    p.add_argument("--cgroup", metavar="PATH", help="only sockets owned by tasks in this cgroup v2 (or below)")
+    if tool_flags is not None:
+        tool_flags(p)
+    p.add_argument("-j", "--json", action="store_true", help="one JSON object per line (schema: README)")
+    p.add_argument("-d", "--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
+    p.add_argument("--ringbuf-mb", type=int, default=4, metavar="MB",
+                   help="kernel ring buffer size in MiB, a power of two (default 4)")
+    p.add_argument("--no-cache", action="store_true", help="do not use the relocated-program cache")
+    p.add_argument("--version", action="version", version=f"pytracer {__version__}")
+    return p
+
+
+def parse(p, argv):
+    """Parse and check the common flags."""
+    a = p.parse_args(argv)
+    mb = a.ringbuf_mb
+    if mb <= 0 or mb & (mb - 1):
+        p.error("--ringbuf-mb must be a power of two")
+    if a.duration is not None and a.duration < 0:
+        p.error("--duration must not be negative")
+    return a
+
+
+def family(a):
+    """4, 6 or None from -4/-6."""
+    return 4 if a.ipv4 else 6 if a.ipv6 else None
+
+
+def filters(a):
+    """The Filters the common flags ask for."""
+    return Filters(pids=a.pid, uid=a.uid, comm=a.comm, ports=a.port, family=family(a), cgroup=a.cgroup)
+
+
+def _quiet_stdout():
+    """After EPIPE, point stdout at /dev/null so the interpreter's final flush cannot complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except OSError:
+        pass
+
+
+def run(argv, parse_args, make_tracer, make_writer):
+    """Parse `argv` with `parse_args`, then trace until -d, Ctrl-C, SIGTERM or a closed stdout: the tool's
+    exit status. `make_tracer(args)` returns the tracer (not started), `make_writer(args, t0)` its writer."""
+    def on_term(signum, frame):
+        raise Stop()
+
+    # first of all, so that a SIGTERM at any moment takes the same quiet way out
+    signal.signal(signal.SIGTERM, on_term)
+    a = parse_args(sys.argv[1:] if argv is None else argv)
+    from ..syscall import missing_capabilities
+
+    if os.geteuid() != 0 and missing_capabilities():
+        print(f"pytracer: needs root, or CAP_BPF and CAP_PERFMON (missing: {', '.join(missing_capabilities())}). "
+              f"Run it with sudo.", file=sys.stderr)
+        return 4
+    if a.no_cache:
+        os.environ["PYTRACER_CACHE_DIR"] = "off"
+    tracer = writer = None
+    # library code never prints; its warnings are shown here
+    quiet = on_warning(lambda message: print(f"pytracer: warning: {message}", file=sys.stderr))
+    try:
+        tracer = make_tracer(a)
+        tracer.start()
+        from .. import features
+
+        for note in tracer.fallbacks + features.take_notes():
+            print(f"pytracer: note: {note}", file=sys.stderr)
+        writer = make_writer(a, time.time())
+        writer.header()
+        end = None if a.duration is None else time.monotonic() + a.duration
+        last_loss_check = 0.0
+        while True:
+            now = time.monotonic()
+            if end is not None and now >= end:
+                break
+            wait = 0.5 if end is None else min(0.5, end - now)
+            lines = tracer.poll_lines(wait)
+            if lines:
+                writer.write(lines)
+            if now - last_loss_check >= 0.5:
+                last_loss_check = now
+                _report_losses(tracer, writer)
+        _drain(tracer, writer)
+        return 0
+    except (KeyboardInterrupt, Stop):
+        _final_report(tracer, writer)
+        return 0
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0
+    except PytracerError as e:
+        print(f"pytracer: {e}", file=sys.stderr)
+        return e.exit_status
+    finally:
+        quiet()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if tracer is not None:
+            tracer.close()
+
+
+def _report_losses(tracer, writer):
+    lost = tracer.new_losses()
+    if lost:
+        writer.lost(lost, tracer.last_losses)
+
+
+def _drain(tracer, writer):
+    """Print what is already in the ring buffer, and any losses."""
+    lines = tracer.drain_lines()
+    if lines:
+        writer.write(lines)
+    _report_losses(tracer, writer)
+
+
+def _final_report(tracer, writer):
+    """On Ctrl-C/SIGTERM: print what is already read and any losses, then go."""
+    if writer is None or tracer is None or tracer.obj is None:
+        return
+    try:
+        _drain(tracer, writer)
+    except BrokenPipeError:
+        _quiet_stdout()
+    except (PytracerError, KeyboardInterrupt, Stop):
+        pass
+
+
+def main(run_tool):
+    """The process's exit: `run_tool()` returns the status (Ctrl-C during start-up is status 0 too)."""
+    try:
+        status = run_tool()
+    except (KeyboardInterrupt, Stop):
+        status = 0
+    sys.exit(status)

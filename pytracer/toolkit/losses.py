@@ -1,0 +1,41 @@
+"""Loss accounting: lost records are never silent. Every tool's object reports through channel.h (the
+`events` ring buffer, and the per-CPU `lost` counter of records it could not reserve); the kernel counts
+program runs it skipped (recursion_misses); the ring buffer reader counts records of an unexpected size.
+A tool adds its own reasons (counters it keeps, or other per-CPU maps) and their wording."""
+
+# reason -> wording, {n} the count; a tool extends it with its own reasons
+LOSS_TEXT = {
+    "ringbuf": "{n} found the ring buffer full: try --ringbuf-mb or filters",
+    "skipped": "{n} tracepoint runs skipped by the kernel while another BPF program ran on that CPU",
+    "malformed": "{n} records of an unexpected size: the BPF object does not match this pytracer",
+}
+
+
+def describe_losses(reasons, text=LOSS_TEXT):
+    """One line of wording for {reason: count}."""
+    return "; ".join(text[k].format(n=n) for k, n in sorted(reasons.items()))
+
+
+class Losses:
+    """Totals of every loss reason of one loaded object and ring buffer, and what is new since the last
+    look. `counters` maps extra reasons to callables returning a running total (a tool's own counters, or
+    `obj.maps[name].sum_percpu_u64` for a per-CPU map its BPF side increments)."""
+
+    def __init__(self, obj, ringbuf, counters=None):
+        self.obj = obj
+        self.ringbuf = ringbuf
+        self.counters = dict(counters or {})
+        self._lost_map = obj.maps["lost"]
+        self._reported = {}
+        self.totals = {}
+
+    def new(self):
+        """{reason: count} of what was lost since the last call (reasons with nothing new left out)."""
+        totals = {"ringbuf": self._lost_map.sum_percpu_u64(),
+                  "skipped": sum(p.recursion_misses() for p in self.obj.programs.values())}
+        for reason, total in self.counters.items():
+            totals[reason] = total()
+        totals["malformed"] = self.ringbuf.malformed
+        new = {k: v - self._reported.get(k, 0) for k, v in totals.items() if v - self._reported.get(k, 0)}
+        self._reported = self.totals = totals
+        return new

@@ -1,0 +1,1 @@
+"""Support code shared by tests/ and bench/ (not shipped in the package)."""
