@@ -86,7 +86,12 @@ VPY := $(VENV)/bin/python
 ARGS ?=
 KERNEL ?= linux-image-6.1.0-47-cloud-amd64
 
-.PHONY: setup run test vmtest
+.PHONY: setup run test vmtest test-packages
+
+# The Debian packages the tests need (.ci/packages, the list .ci/run installs too): installed when missing if
+# we are root on Debian/Ubuntu, else listed before the tests start. PYTRACER_NO_APT=1: only list them.
+test-packages:
+	@.ci/install-packages
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -105,7 +110,7 @@ setup: $(VENV)/.installed
 run: setup
 	$(VPY) -m pytracer $(ARGS)
 
-test: setup
+test: test-packages setup
 	$(VPY) -m pytest -q tests
 
 # The kernel test suite on another Debian kernel package, booted under qemu (see docs/vmtest.md). The guest
