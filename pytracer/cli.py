@@ -7,7 +7,7 @@ import signal
 import sys
 import time
 
-from . import __version__
+from . import __version__, features
 from .errors import PytracerError
 
 CLASSIC_HEADER = "%5s %6s %-*s %5s %2s %-*s %5s %5s %s"
@@ -55,7 +55,7 @@ def parse_args(argv):
     p.add_argument("--ringbuf-mb", type=int, default=4, metavar="MB",
                    help="kernel ring buffer size in MiB, a power of two (default 4)")
     p.add_argument("--no-cache", action="store_true", help="do not use the relocated-program cache")
-    p.add_argument("--version", action="version", version=f"pytracer {__version__}")
+    p.add_argument("--version", action=features.version_action(__version__))  # and the kernel features
     a = p.parse_args(argv)
     mb = a.ringbuf_mb
     if mb <= 0 or mb & (mb - 1):
