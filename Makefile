@@ -173,3 +173,22 @@ fuzz: setup
 
 soak: setup
 	SOAK_SECONDS=$(SOAK_SECONDS) $(RELY_PY) bench/soak.py --json $(SOAK_REPORT)
+
+# ---- appliances (issue 15): one file, a vendorable directory ------------------------------------------
+# `make pyz` writes dist/pytracer.pyz: pytracer, its BPF object, pyelftools and construct (the newest
+# versions setup.cfg allows that still run on Python 3.9, fetched by pip into build/pyz-deps) and their
+# licences, in one zipapp that runs with a bare `python3 dist/pytracer.pyz [options]` (3.9 to 3.13).
+# `make vendor VENDOR_DIR=/path` writes the same tree as a directory (README: "Appliances").
+PYZ ?= dist/pytracer.pyz
+PYZ_DEPS ?= build/pyz-deps
+VENDOR_DIR ?= dist/pytracer-vendor
+
+.PHONY: pyz vendor
+
+pyz: setup
+	rm -rf $(PYZ_DEPS)
+	$(VPY) tools/pyz.py --deps $(PYZ_DEPS) --out $(PYZ)
+
+vendor: setup
+	rm -rf $(PYZ_DEPS) $(VENDOR_DIR)
+	$(VPY) tools/pyz.py --deps $(PYZ_DEPS) --dir $(VENDOR_DIR)

@@ -139,8 +139,9 @@ def get_layout(name):
     from . import cache
 
     try:
-        with open(__file__, "rb") as f:
-            key = cache.key_for(f.read(), extra="layout:" + name)
+        from . import resources
+
+        key = cache.key_for(resources.read(__file__), extra="layout:" + name)
     except OSError:
         key = None
     hit = cache.get(key) if key else None

@@ -12,7 +12,7 @@ import os
 import struct
 import sys
 
-from . import abi, attach as attach_mod, cache, iterator, maps as maps_mod, program as program_mod
+from . import abi, attach as attach_mod, cache, iterator, maps as maps_mod, program as program_mod, resources
 from .errors import AttachError, KernelFeatureError, PytracerError
 from .ringbuf import RingBuffer
 from .spec import ObjectSpec
@@ -24,8 +24,7 @@ VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 def prepare(path, use_cache=True):
     """ObjectSpec relocated for the running kernel, plus the CO-RE failure messages (from cache if any)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = resources.read(path)      # a file, or a resource in the zip pytracer runs from
     except OSError as e:
         raise PytracerError(f"cannot read BPF object {path}: {e.strerror}") from None
     key = cache.key_for(data) if use_cache else None

@@ -15,11 +15,11 @@ import socket
 import time
 from collections import OrderedDict
 
-from . import abi, events as ev_mod
+from . import abi, events as ev_mod, resources
 from .attach import tracepoint_exists
 from .errors import PytracerError
 
-OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf", "tcpsnoop.bpf.o")
+OBJECT = resources.object_path("tcpsnoop.bpf.o")   # read with resources.read: a file, or in the .pyz
 MAX_PIDS = 8
 MAX_PORTS = 8
 DEFAULT_RINGBUF = 4 << 20
