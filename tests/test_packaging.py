@@ -57,7 +57,7 @@ def test_wheel_is_pure_and_holds_only_what_users_need(dists):
     want = {f"pytracer/{m}" for m in PACKAGE_MODULES} | {"pytracer/bpf/__init__.py", "pytracer/bpf/tcpsnoop.bpf.o"}
     assert package == want, (sorted(package - want), sorted(want - package))
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)
-    assert "Requires-Dist: pyelftools>=0.29" in meta and "Requires-Dist: construct>=2.10" in meta
+    assert "Requires-Dist: pyelftools>=0.32" in meta and "Requires-Dist: construct>=2.10" in meta
     assert "Requires-Python: >=3.9" in meta
 
 

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -454,6 +455,16 @@ http {{
 """
 
 
+def nginx_error_log_option(nginx_bin, workdir):
+    """`-e FILE` (the log nginx opens before reading its configuration), from nginx 1.19.5 on; older ones
+    (Debian 11's 1.18, in the Python matrix) open their built-in path, which the package creates."""
+    out = subprocess.run([nginx_bin, "-v"], capture_output=True, text=True).stderr
+    m = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out)
+    if m and tuple(map(int, m.groups())) < (1, 19, 5):
+        return []
+    return ["-e", os.path.join(workdir, "nginx-error.log")]
+
+
 @contextlib.contextmanager
 def nginx(workdir, family, port, listen_opts="", prefix=(), http_extra="", workers=1, host=None,
           access_log="access_log off;"):
@@ -466,7 +477,7 @@ def nginx(workdir, family, port, listen_opts="", prefix=(), http_extra="", worke
     with open(conf, "w") as f:
         f.write(NGINX_CONF.format(d=workdir, listen=listen, http_extra=http_extra, workers=workers,
                                   access_log=access_log))
-    cmd = [*prefix, nginx_bin, "-p", workdir, "-c", conf, "-e", os.path.join(workdir, "nginx-error.log")]
+    cmd = [*prefix, nginx_bin, "-p", workdir, "-c", conf, *nginx_error_log_option(nginx_bin, workdir)]
     with daemon(cmd, workdir, "nginx") as master:
         master.wait_listening(port, family)
         deadline = time.monotonic() + 10

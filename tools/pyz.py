@@ -111,13 +111,34 @@ def licence_files(dist):
     return found, meta.get("License-Expression") or meta.get("License") or ""
 
 
-def compiled(src, arcname):
+COMPILER = r"""
+import py_compile, sys
+src, names = sys.argv[1], sys.argv[2:]
+for name in names:
+    py_compile.compile(f"{src}/{name}", cfile=f"{src}/{name}c", dfile=name, doraise=True,
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+"""
+
+
+def compile_all(entries):
+    """{name.pyc: bytecode} for every .py entry, compiled by this interpreter in a child process with a fixed
+    hash seed (set and frozenset constants are marshalled in hash order: a random seed changes the bytes)."""
+    import subprocess
+
+    names = sorted(n for n in entries if n.endswith(".py"))
     with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "m.pyc")
-        py_compile.compile(src, cfile=out, dfile=arcname, doraise=True,
-                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
-        with open(out, "rb") as f:
-            return f.read()
+        for n in names:
+            path = os.path.join(tmp, *n.split("/"))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(entries[n])
+        env = dict(os.environ, PYTHONHASHSEED="0")
+        subprocess.run([sys.executable, "-s", "-c", COMPILER, tmp, *names], check=True, env=env)  # not -I: it ignores PYTHONHASHSEED
+        out = {}
+        for n in names:
+            with open(os.path.join(tmp, *n.split("/")) + "c", "rb") as f:
+                out[n + "c"] = f.read()
+    return out
 
 
 def collect(with_bytecode=True, deps=None):
@@ -133,8 +154,6 @@ def collect(with_bytecode=True, deps=None):
     for rel, path in package_files(os.path.join(ROOT, "pytracer"), PACKAGE_DATA):
         with open(path, "rb") as f:
             add(rel, f.read())
-        if rel.endswith(".py") and with_bytecode:
-            add(rel + "c", compiled(path, rel))
     summary = [f"pytracer {pytracer.__version__}: GPL-2.0-only (licenses/pytracer/LICENSE)"]
     with open(os.path.join(ROOT, "LICENSE"), "rb") as f:
         add("licenses/pytracer/LICENSE", f.read())
@@ -145,8 +164,6 @@ def collect(with_bytecode=True, deps=None):
         for rel, path in package_files(top_dir):
             with open(path, "rb") as f:
                 add(rel, f.read())
-            if with_bytecode:
-                add(rel + "c", compiled(path, rel))
         lic, what = licence_files(dist)
         if not lic:
             raise SystemExit(f"pyz: {dist_name} {dist.version} ships no licence file")
@@ -160,7 +177,7 @@ def collect(with_bytecode=True, deps=None):
     add("licenses/LICENSES.txt", ("\n".join(summary) + "\n").encode())
     add("__main__.py", MAIN.encode())
     if with_bytecode:
-        add("__main__.pyc", compiled_text(MAIN, "__main__.py"))
+        entries.update(compile_all(entries))
     return entries
 
 
@@ -199,14 +216,6 @@ def build(out, deps=None):
     os.chmod(tmp, 0o755)
     os.replace(tmp, out)
     return len(entries), os.path.getsize(out)
-
-
-def compiled_text(text, arcname):
-    with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(tmp, "m.py")
-        with open(src, "w") as f:
-            f.write(text)
-        return compiled(src, arcname)
 
 
 def main():
