@@ -192,3 +192,19 @@ pyz: setup
 vendor: setup
 	rm -rf $(PYZ_DEPS) $(VENDOR_DIR)
 	$(VPY) tools/pyz.py --deps $(PYZ_DEPS) --dir $(VENDOR_DIR)
+
+# ---- Python matrix (issue 15): the suite under Debian 11's python3.9 and Debian 13's python3.13 -------------
+# In debootstrap chroots on this kernel (tests/matrix/: `chroot` builds and enters them, kept under
+# /var/cache/pytracer-matrix and reused; `run` installs the dependencies at setup.cfg's oldest versions on
+# 3.9, the newest on 3.13). Root; the first run debootstraps (a few minutes per suite, from the host's apt
+# mirror). Debian 12's python3.11 is the host's own suite (`make test`). MATRIX_SUITES narrows it;
+# MATRIX_ARGS goes to pytest.
+MATRIX_SUITES ?= bullseye trixie
+MATRIX_ARGS ?=
+
+.PHONY: pytest-matrix
+
+pytest-matrix: setup
+	@status=0; for s in $(MATRIX_SUITES); do \
+		MATRIX_PYTHON=$(abspath $(VPY)) tests/matrix/run $$s $(MATRIX_ARGS) || status=1; \
+	done; exit $$status
