@@ -99,7 +99,12 @@ KERNEL ?= linux-image-6.1.0-47-cloud-amd64
 VM_KERNELS ?= linux-image-5.10.0-32-cloud-amd64 linux-image-6.1.0-47-cloud-amd64 \
 	linux-image-6.12.117+deb12-cloud-amd64
 
-.PHONY: setup run test vmtest vmtest-all vmtest-lockdown
+.PHONY: setup run test vmtest vmtest-all vmtest-lockdown test-packages
+
+# The Debian packages the tests need (.ci/packages, the list .ci/run installs too): installed when missing if
+# we are root on Debian/Ubuntu, else listed before the tests start. PYTRACER_NO_APT=1: only list them.
+test-packages:
+	@.ci/install-packages
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -118,7 +123,7 @@ setup: $(VENV)/.installed
 run: setup
 	$(VPY) -m pytracer $(ARGS)
 
-test: setup
+test: test-packages setup
 	$(VPY) -m pytest -q tests
 
 # The kernel test suite on another Debian kernel package, booted under qemu (see docs/vmtest.md). The guest
@@ -195,3 +200,38 @@ fuzz: setup
 
 soak: setup
 	SOAK_SECONDS=$(SOAK_SECONDS) $(RELY_PY) bench/soak.py --json $(SOAK_REPORT)
+
+# ---- appliances (issue 15): one file, a vendorable directory ------------------------------------------
+# `make pyz` writes dist/pytracer.pyz: pytracer, its BPF object, pyelftools and construct (the newest
+# versions setup.cfg allows that still run on Python 3.9, fetched by pip into build/pyz-deps) and their
+# licences, in one zipapp that runs with a bare `python3 dist/pytracer.pyz [options]` (3.9 to 3.13).
+# `make vendor VENDOR_DIR=/path` writes the same tree as a directory (README: "Appliances").
+PYZ ?= dist/pytracer.pyz
+PYZ_DEPS ?= build/pyz-deps
+VENDOR_DIR ?= dist/pytracer-vendor
+
+.PHONY: pyz vendor
+
+pyz: setup
+	rm -rf $(PYZ_DEPS)
+	$(VPY) tools/pyz.py --deps $(PYZ_DEPS) --out $(PYZ)
+
+vendor: setup
+	rm -rf $(PYZ_DEPS) $(VENDOR_DIR)
+	$(VPY) tools/pyz.py --deps $(PYZ_DEPS) --dir $(VENDOR_DIR)
+
+# ---- Python matrix (issue 15): the suite under Debian 11's python3.9 and Debian 13's python3.13 -------------
+# In debootstrap chroots on this kernel (tests/matrix/: `chroot` builds and enters them, kept under
+# /var/cache/pytracer-matrix and reused; `run` installs the dependencies at setup.cfg's oldest versions on
+# 3.9, the newest on 3.13). Root; the first run debootstraps (a few minutes per suite, from the host's apt
+# mirror). Debian 12's python3.11 is the host's own suite (`make test`). MATRIX_SUITES narrows it;
+# MATRIX_ARGS goes to pytest.
+MATRIX_SUITES ?= bullseye trixie
+MATRIX_ARGS ?=
+
+.PHONY: pytest-matrix
+
+pytest-matrix: setup
+	@status=0; for s in $(MATRIX_SUITES); do \
+		MATRIX_PYTHON=$(abspath $(VPY)) tests/matrix/run $$s $(MATRIX_ARGS) || status=1; \
+	done; exit $$status

@@ -13,6 +13,7 @@ import errno
 import os
 
 from . import abi, uapi, attach as attach_mod, cache, features, iterator, maps as maps_mod, program as program_mod, records
+from . import resources
 from .errors import AttachError, KernelFeatureError, PytracerError, warn
 from .ringbuf import RingBuffer
 from .spec import ObjectSpec
@@ -30,8 +31,7 @@ def prepare(path: str, use_cache: bool = True) -> tuple[ObjectSpec, list[str]]:
 def _prepare(path, use_cache):
     """prepare(), and the object's cache key (None with use_cache=False)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = resources.read(path)      # a file, or a resource in the zip pytracer runs from
     except OSError as e:
         raise PytracerError(f"cannot read BPF object {path}: {e.strerror}") from None
     key = cache.key_for(data) if use_cache else None

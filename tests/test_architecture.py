@@ -13,7 +13,8 @@ PKG = os.path.join(ROOT, "pytracer")
 # object parsing, BTF/CO-RE and what they share: pure, no system call
 PARSING = {"abi", "uapi", "errors", "spec", "btf", "elf", "core", "records", "cache"}
 SYSCALL = {"syscall"}                   # the only ctypes user
-KERNEL = {"maps", "program", "attach", "iterator", "ringbuf", "loader", "inventory"}
+KERNEL = {"maps", "program", "attach", "iterator", "ringbuf", "loader", "inventory", "features",
+          "kernel_report", "resources"}
 ENGINE = PARSING | SYSCALL | KERNEL
 ENTRY = {"", "__main__", "cli", "tcpsnoop"}   # the command, and the compatibility alias of the tcpsnoop API
 

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -454,6 +455,16 @@ http {{
 """
 
 
+def nginx_error_log_option(nginx_bin, workdir):
+    """`-e FILE` (the log nginx opens before reading its configuration), from nginx 1.19.5 on; older ones
+    (Debian 11's 1.18, in the Python matrix) open their built-in path, which the package creates."""
+    out = subprocess.run([nginx_bin, "-v"], capture_output=True, text=True).stderr
+    m = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out)
+    if m and tuple(map(int, m.groups())) < (1, 19, 5):
+        return []
+    return ["-e", os.path.join(workdir, "nginx-error.log")]
+
+
 @contextlib.contextmanager
 def nginx(workdir, family, port, listen_opts="", prefix=(), http_extra="", workers=1, host=None,
           access_log="access_log off;"):
@@ -466,7 +477,7 @@ def nginx(workdir, family, port, listen_opts="", prefix=(), http_extra="", worke
     with open(conf, "w") as f:
         f.write(NGINX_CONF.format(d=workdir, listen=listen, http_extra=http_extra, workers=workers,
                                   access_log=access_log))
-    cmd = [*prefix, nginx_bin, "-p", workdir, "-c", conf, "-e", os.path.join(workdir, "nginx-error.log")]
+    cmd = [*prefix, nginx_bin, "-p", workdir, "-c", conf, *nginx_error_log_option(nginx_bin, workdir)]
     with daemon(cmd, workdir, "nginx") as master:
         master.wait_listening(port, family)
         deadline = time.monotonic() + 10
@@ -813,6 +824,13 @@ def test_ssh_to_sshd_privsep(kernel, no_leaks, workdir):
     forked = [int(ln.split()[-1].rstrip(".")) for ln in sshd_log.splitlines() if "Forked child" in ln]
     assert len(forked) == 1, sshd_log
     monitor = forked[0]
+    # OpenSSH 9.8 execs the per-connection monitor as sshd-session, OpenSSH 10 (Debian 13) the pre-auth
+    # stage as sshd-auth; before, both are forks of sshd named sshd.
+    version = subprocess.run([sshd_bin, "-V"], capture_output=True, text=True).stderr
+    m = re.search(r"OpenSSH_(\d+)\.(\d+)", version)
+    ver = tuple(map(int, m.groups())) if m else (0, 0)
+    monitor_comm = "sshd-session" if ver >= (9, 8) else "sshd"
+    auth_comm = "sshd-auth" if ver >= (10, 0) else monitor_comm
     cs, ss = connection(events, port, c.pid)
     t.same_in_cli(cs + ss)
     listener = (srv.pid, "sshd", 0)
@@ -821,16 +839,24 @@ def test_ssh_to_sshd_privsep(kernel, no_leaks, workdir):
     preauth = {owner(e) for e in ss if e.uid == sshd_uid}
     assert len(preauth) == 1, f"one unprivileged pre-auth child (uid {sshd_uid}) expected: {stages(ss)}"
     (unpriv,) = preauth
-    assert unpriv[0] not in (srv.pid, monitor) and unpriv[1] == "sshd"
+    assert unpriv[0] not in (srv.pid, monitor) and unpriv[1] == auth_comm
     # the byte totals of the two ends must agree; what ssh sent is what sshd received
     (cc,) = of(cs, event="close")
     (sc,) = of(ss, event="close")
     assert (cc.tx_bytes, cc.rx_bytes) == (sc.rx_bytes, sc.tx_bytes)
     assert cc.rx_bytes > n > cc.tx_bytes > 0
-    check_connection(cs, ss, 4, (c.pid, "ssh", 0), listener, (monitor, "sshd", 0), cc.tx_bytes, cc.rx_bytes,
+    check_connection(cs, ss, 4, (c.pid, "ssh", 0), listener, (monitor, monitor_comm, 0), cc.tx_bytes, cc.rx_bytes,
                      t.retransmitted)
     # listener -> monitor (version exchange) -> unprivileged child (kex, auth) -> monitor (session)
-    assert stages(ss) == [listener, (monitor, "sshd", 0), unpriv, (monitor, "sshd", 0)], stages(ss)
+    want = [listener, (monitor, monitor_comm, 0), unpriv, (monitor, monitor_comm, 0)]
+    got = stages(ss)
+    if ver >= (10, 0) and len(got) == 5:
+        # OpenSSH 10: after authentication the monitor forks the user's session process (root here), which
+        # carries the session before the monitor closes the socket
+        session = got[3]
+        assert session[1:] == (monitor_comm, 0) and session[0] not in (srv.pid, monitor, unpriv[0]), got
+        want.insert(3, session)
+    assert got == want, got
     assert any(e.payload for e in ss if owner(e) == unpriv)
-    after = ss[[owner(e) for e in ss].index((monitor, "sshd", 0)):]
+    after = ss[[owner(e) for e in ss].index((monitor, monitor_comm, 0)):]
     assert srv.pid not in {e.pid for e in after}, "nothing after the hand-off names the listener"

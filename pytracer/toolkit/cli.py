@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 
-from .. import __version__
+from .. import __version__, kernel_report
 from ..errors import PytracerError, on_warning
 from .filters import Filters
 
@@ -43,7 +43,7 @@ def parser(prog, description, tool_flags=None):
     p.add_argument("--ringbuf-mb", type=int, default=4, metavar="MB",
                    help="kernel ring buffer size in MiB, a power of two (default 4)")
     p.add_argument("--no-cache", action="store_true", help="do not use the relocated-program cache")
-    p.add_argument("--version", action="version", version=f"pytracer {__version__}")
+    p.add_argument("--version", action=kernel_report.version_action(__version__))  # and the kernel features
     return p
 
 
