@@ -1152,16 +1152,13 @@ int BPF_PROG(on_tx, struct sk_buff *skb, struct net_device *dev)
 			emit_handshake(0, 0, &p, DIR_SENT);
 			return 0;
 		}
-		if (!live_tcp_sock(skp)) {
-			/*
-			 * The TIME_WAIT mini-socket of a connection that closed before
-			 * we followed it.  (A reply of the kernel's control socket, a
-			 * RST to a stray segment, is no socket's.)
-			 */
-			if (skp && sk_state(skp) == TCP_TIME_WAIT)
-				count_unattributed(&p);
+		/*
+		 * No live socket: a reply of the kernel's control socket (a RST to
+		 * a stray segment), or the TIME_WAIT remnant of a connection that
+		 * ended before we followed it, which no process holds any more.
+		 */
+		if (!live_tcp_sock(skp))
 			return 0;
-		}
 		/* a connection we did not know (evicted, or missed at start): from now on */
 		init_entry(&fresh, skp, 0, 0, 0);
 		bpf_map_update_elem(&socks, &skp, &fresh, BPF_NOEXIST);

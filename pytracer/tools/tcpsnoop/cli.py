@@ -16,7 +16,7 @@ CLASSIC_HEADER = "%5s %6s %-*s %5s %2s %-*s %5s %5s %s"
 LOSS_TEXT = dict(COMMON_LOSS_TEXT, **{
     "pending": "{n} held for connections whose owner was not known yet (not accepted, or handed off), "
                "beyond the buffer's bound or when pytracer stopped",
-    "unattributed": "{n} segments of sockets pytracer could not follow (its tables full, or TIME_WAIT from before it started)",
+    "unattributed": "{n} segments of sockets pytracer could not follow (its socket table was full)",
 })
 
 
