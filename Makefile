@@ -129,10 +129,12 @@ test: test-packages setup
 # The kernel test suite on another Debian kernel package, booted under qemu (see docs/vmtest.md). The guest
 # has no network, so the packaging test (pip from PyPI) runs on the host only; benchmarks and the soak
 # are host-only too (timing-bound, and the guest is emulated).
+# Under TCG the kernel suite takes 8-14 min per kernel (the capture oracle is most of it); more on a loaded host.
+VM_TIMEOUT ?= 2400
 VM_TESTS ?= tests/test_engine.py tests/test_iterator.py tests/test_tcpsnoop.py tests/test_cli.py \
 	tests/test_faults.py tests/test_real_programs.py tests/test_capture_oracle.py tests/test_kernel_support.py
 vmtest: setup
-	tests/vm/vmtest --kernel-package $(KERNEL) -- $(abspath $(VPY)) -m pytest -q -rfEx -p no:cacheprovider \
+	tests/vm/vmtest --kernel-package $(KERNEL) --timeout $(VM_TIMEOUT) -- $(abspath $(VPY)) -m pytest -q -rfEx -p no:cacheprovider \
 		--durations=8 -k 'not pip_install' $(VM_TESTS)
 
 # The same suite on every kernel of VM_KERNELS, one after the other; a summary line per kernel at the end.
