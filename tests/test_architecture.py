@@ -14,7 +14,8 @@ PKG = os.path.join(ROOT, "pytracer")
 PARSING = {"abi", "uapi", "errors", "spec", "btf", "elf", "core", "records", "cache"}
 SYSCALL = {"syscall"}                   # the only ctypes user
 KERNEL = {"maps", "program", "attach", "iterator", "ringbuf", "loader", "inventory", "features",
-          "kernel_report", "resources"}
+          "kernel_report", "resources",
+          "bpf"}     # bpf: the package that holds the tools' compiled objects (package data)
 ENGINE = PARSING | SYSCALL | KERNEL
 ENTRY = {"", "__main__", "cli", "tcpsnoop"}   # the command, and the compatibility alias of the tcpsnoop API
 

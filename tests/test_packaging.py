@@ -13,7 +13,12 @@ import pytest
 
 from conftest import ROOT, kernel_unavailable, pytracer_cmd, run_env
 
-PACKAGE_MODULES = sorted(f for f in os.listdir(os.path.join(ROOT, "pytracer")) if f.endswith(".py"))
+# every module of the package, subpackages (toolkit, tools/*) included, relative to pytracer/
+PACKAGE_MODULES = sorted(os.path.relpath(os.path.join(d, f), os.path.join(ROOT, "pytracer"))
+                         for d, _dirs, files in os.walk(os.path.join(ROOT, "pytracer")) for f in files
+                         if f.endswith(".py"))
+# the tools' objects, not the engine tests' fixtures
+TOOL_OBJECTS = ("tcpsnoop.bpf.o", "tcpstates.bpf.o")
 FIXTURES = ("enginetest.bpf.o", "invalid.bpf.o")
 
 
@@ -54,7 +59,8 @@ def test_wheel_is_pure_and_holds_only_what_users_need(dists):
         meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "Root-Is-Purelib: true" in wheel_meta
     package = {n for n in names if not n.split("/")[0].endswith(".dist-info")}
-    want = {f"pytracer/{m}" for m in PACKAGE_MODULES} | {"pytracer/bpf/__init__.py", "pytracer/bpf/tcpsnoop.bpf.o"}
+    want = ({f"pytracer/{m}" for m in PACKAGE_MODULES} | {f"pytracer/bpf/{o}" for o in TOOL_OBJECTS}
+            | {"pytracer/py.typed"})
     assert package == want, (sorted(package - want), sorted(want - package))
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)
     assert "Requires-Dist: pyelftools>=0.32" in meta and "Requires-Dist: construct>=2.10" in meta
