@@ -40,8 +40,8 @@ def missing_target_error(spec):
 
 def task_link_info(pid=0, tid=0):
     """A union bpf_iter_link_info that limits a task, task_file or task_vma iterator to one process (pid)
-    or one thread (tid).  Linux 6.1+ honours it; earlier kernels iterate every task anyway, so the program
-    must still filter by itself when that matters."""
+    or one thread (tid).  Linux 6.1+ honours it; earlier kernels refuse it (KernelFeatureError, since 6.1):
+    there, run without it and filter in the program."""
     if pid and tid:
         raise PytracerError("an iterator can be limited to a process or to a thread, not both")
     return uapi.ITER_LINK_INFO_TASK.pack(tid=tid, pid=pid)
@@ -112,7 +112,8 @@ def _link_create(program, link_info):
     except OSError as e:
         if e.errno in (errno.EPERM, errno.EACCES):
             raise privilege_error(f"creating the iterator link of {program.name}", e.errno) from None
-        if e.errno == errno.EINVAL and link_info:
+        # (before 6.1 the kernel's link info union is smaller than a task's: a non-zero tail is E2BIG)
+        if e.errno in (errno.EINVAL, errno.E2BIG) and link_info:
             raise KernelFeatureError(
                 f"the kernel refused the link info for iterator {program.name} ({program.spec.section}); "
                 f"limiting task iterators to one process or thread needs Linux 6.1",

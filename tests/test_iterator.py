@@ -256,9 +256,14 @@ def _release():
 
 
 def test_link_info_limits_task_iterator_to_one_process(no_leaks, fixture_obj):
-    """iterator.task_link_info(pid=...) makes the kernel walk one process's tasks only (Linux 6.1+)."""
+    """iterator.task_link_info(pid=...) makes the kernel walk one process's tasks only (Linux 6.1+); earlier
+    kernels refuse it, which is a missing kernel feature naming 6.1."""
     if _release() < (6, 1):
-        pytest.skip("task iterator link info needs Linux 6.1 (earlier kernels ignore it)")
+        with _open(fixture_obj, programs=["list_tasks"]) as obj:
+            with pytest.raises(KernelFeatureError) as e:
+                obj.run_iterator("list_tasks", iterator.task_link_info(pid=os.getpid()))
+        assert e.value.since == "6.1"
+        return
     started, stop = threading.Event(), threading.Event()
     t = threading.Thread(target=lambda: (started.set(), stop.wait()))
     t.start()
