@@ -90,6 +90,8 @@ struct sock_info {
 	struct owner o;
 	__u32 tx_max_end;	/* highest sequence number (exclusive) of payload sent */
 	__u32 rx_max_end;	/* idem received */
+	__u32 tx_hole[2];	/* [start, end): sequence numbers skipped by a later segment, not seen yet */
+	__u32 rx_hole[2];	/* idem received (segments reordered between CPUs before netif_receive_skb) */
 	__u32 netns;
 	__u32 syn_data;		/* passive TCP Fast Open: payload bytes the SYN carried */
 	__u8 tx_flags;
@@ -260,9 +262,12 @@ static __always_inline void tuple_release(const struct tuple *t, __u64 skp)
  * Adds a segment's payload to a byte counter, counting each sequence number
  * once: only bytes beyond the highest end seen so far are new, so
  * retransmissions (and duplicates) add nothing.  A SYN occupies one sequence
- * number before its data.  Returns the number of new bytes.
+ * number before its data.  A segment that jumps ahead leaves a hole (the last
+ * one is remembered): a segment that arrives later inside it counts too, so
+ * reordering (received skbs processed on two CPUs) loses nothing.  Returns
+ * the number of new bytes.
  */
-static __always_inline __u32 count_new(__u8 *flags, __u8 init_bit, __u32 *max_end,
+static __always_inline __u32 count_new(__u8 *flags, __u8 init_bit, __u32 *max_end, __u32 *hole,
 				       __u64 *total, __u32 seq, __u32 payload, __u8 tcp_flags)
 {
 	__u32 start = seq + ((tcp_flags & TH_SYN) ? 1 : 0);
@@ -271,13 +276,30 @@ static __always_inline __u32 count_new(__u8 *flags, __u8 init_bit, __u32 *max_en
 
 	if (!(*flags & init_bit)) {
 		*max_end = start;
+		hole[0] = hole[1] = start;
 		*flags |= init_bit;
 	}
 	ahead = (__s32)(end - *max_end);
-	if (ahead <= 0)
-		return 0;
-	if ((__u32)ahead > payload)	/* a gap: we missed something; count this segment only */
+	if (ahead <= 0) {
+		/* old, unless it falls into the hole */
+		__u32 s = (__s32)(start - hole[0]) > 0 ? start : hole[0];
+		__u32 e = (__s32)(end - hole[1]) < 0 ? end : hole[1];
+		__s32 n = (__s32)(e - s);
+
+		if (hole[0] == hole[1] || n <= 0)
+			return 0;
+		if (s == hole[0])
+			hole[0] = e;	/* filled from its start (or whole) */
+		else
+			hole[1] = s;	/* the part before stays a hole; what is after it is forgotten */
+		*total += n;
+		return n;
+	}
+	if ((__u32)ahead > payload) {	/* a gap: remember it, count this segment only */
+		hole[0] = *max_end;
+		hole[1] = start;
 		ahead = payload;
+	}
 	*max_end = end;
 	*total += ahead;
 	return ahead;
@@ -1194,7 +1216,7 @@ int BPF_PROG(on_tx, struct sk_buff *skb, struct net_device *dev)
 
 	fresh_bytes = 0;
 	if (!(si->state_flags & SI_CLOSED))
-		fresh_bytes = count_new(&si->tx_flags, SI_TX_SEQ_INIT, &si->tx_max_end,
+		fresh_bytes = count_new(&si->tx_flags, SI_TX_SEQ_INIT, &si->tx_max_end, si->tx_hole,
 					&si->tx_bytes, p.seq, p.payload, p.flags);
 	if (p.payload && !fresh_bytes)
 		attr |= ATTR_RETRANS;
@@ -1267,7 +1289,7 @@ int BPF_PROG(on_rx, struct sk_buff *skb)
 	/* after TCP_CLOSE (until the socket is destroyed: a RST crossing ours) nothing is new */
 	fresh_bytes = 0;
 	if (!(si->state_flags & SI_CLOSED))
-		fresh_bytes = count_new(&si->rx_flags, SI_RX_SEQ_INIT, &si->rx_max_end,
+		fresh_bytes = count_new(&si->rx_flags, SI_RX_SEQ_INIT, &si->rx_max_end, si->rx_hole,
 					&si->rx_bytes, p.seq, p.payload, p.flags);
 	if (p.payload && !fresh_bytes)
 		attr |= ATTR_RETRANS;
