@@ -88,7 +88,8 @@ def run(argv, parse_args, make_tracer, make_writer):
     signal.signal(signal.SIGTERM, on_term)
     # and Ctrl-C/SIGINT too when started with SIGINT ignored (a background job of a shell script), where
     # Python would keep ignoring it and the tracer could only be stopped by SIGTERM
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     a = parse_args(sys.argv[1:] if argv is None else argv)
     from ..syscall import missing_capabilities
 
