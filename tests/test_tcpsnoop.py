@@ -266,7 +266,7 @@ def test_filters(kernel, no_leaks, name):
     else:   # (its own connections: another program's refused SYN shows as a recv line with its RST)
         mine = [e for e in events if {e.lport, e.rport} & {s1.port, s2.port}]
         assert {e.event for e in mine} <= {"connect", "accept", "reset", "close"}
-        closes = of(events, event="close")
+        closes = of(mine, event="close")
         assert sorted(e.tx_bytes for e in closes) == [100, 100, 1000, 1000]
 
 
