@@ -27,8 +27,8 @@ import pytest
 
 import traffic
 from capture import Capture, attribution, netns_inode, oracle, report
-from test_real_programs import (SYSTEM_PYTHON, Trace, both_closed, curl, daemon, echo_handler, need, nginx,
-                                proc_status, web_root, workdir)  # noqa: F401 - workdir is a fixture
+from test_real_programs import (SYSTEM_PYTHON, Trace, both_closed, curl, daemon, echo_handler, free_port, need,
+                                nginx, proc_status, web_root, workdir)  # noqa: F401 - workdir is a fixture
 from test_tcpsnoop import netns_pair  # noqa: F401 - a fixture
 
 VETH = {4: "169.254.77.1", 6: "fd77::1"}     # the server's end of netns_pair's veth
@@ -85,15 +85,6 @@ def net(request, kernel):
     if request.param == "lo":
         return Net("lo")
     return Net("veth", request.getfixturevalue("netns_pair"))
-
-
-def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def sides(port, client, acceptor, server):
