@@ -215,7 +215,11 @@ class BPFObject:
         short-lived process of its own instead of delaying this one's exit."""
         slow: list | None = [] if background else None
         while self.links:
-            self.links.pop().close(keep_slow=slow)
+            link = self.links.pop()
+            if isinstance(link, attach_mod.Link):
+                link.close(keep_slow=slow)
+            else:
+                link.close()            # an iterator's link: never slow
         while self._ringbufs:
             self._ringbufs.pop().close()
         for table in (self.programs, self.maps):

@@ -170,6 +170,13 @@ def _final_report(tracer, writer):
         pass
 
 
+def _observed():
+    if sys.gettrace() is not None or sys.getprofile() is not None:
+        return True
+    monitoring = getattr(sys, "monitoring", None)       # Python 3.12+ (cProfile uses it from 3.12)
+    return monitoring is not None and any(monitoring.get_tool(i) for i in range(6))
+
+
 def main(run_tool):
     """The process's exit: `run_tool()` returns the status (Ctrl-C during start-up is status 0 too)."""
     try:
@@ -177,7 +184,10 @@ def main(run_tool):
     except (KeyboardInterrupt, Stop):
         status = 0
     # Everything of the tool's is closed by now; what is left is the interpreter's teardown of its modules,
-    # ~20 ms that only delays the shell's prompt. Flush, then end the process directly.
+    # ~20 ms that only delays the shell's prompt. Flush, then end the process directly, unless a profiler,
+    # coverage tool or debugger is watching: it writes its results at the interpreter's exit.
+    if _observed():
+        sys.exit(status)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
