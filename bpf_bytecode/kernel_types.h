@@ -115,6 +115,12 @@ struct sock {
 	__u16 sk_protocol;		/* u16 since 5.6; a bitfield before */
 	__u16 sk_type;
 	struct socket *sk_socket;	/* NULL until accept() gives the socket a file (and once orphaned) */
+	int sk_err;			/* the error a failed connect() reports (ECONNREFUSED, ETIMEDOUT, ...) */
+} __pa;
+
+/* struct inet_sock starts with struct sock */
+struct inet_sock {
+	__be16 inet_sport;		/* local port, network order; unlike skc_num kept when the port is released at CLOSE */
 } __pa;
 
 struct socket {
@@ -202,6 +208,25 @@ struct trace_event_raw_inet_sock_set_state {
 	int oldstate, newstate;
 	__u16 sport, dport, family, protocol;
 	__u8 saddr[4], daddr[4], saddr_v6[16], daddr_v6[16];
+};
+
+/*
+ * syscalls:sys_enter_<name> and sys_exit_<name> (include/trace/syscall.h): the
+ * common header (8 bytes), the syscall number, then the arguments or the
+ * return value, each 8 bytes at offset 16.
+ */
+struct syscall_trace_enter {
+	__u64 common;
+	__s32 nr;
+	__s32 _pad;
+	__u64 args[6];
+};
+
+struct syscall_trace_exit {
+	__u64 common;
+	__s32 nr;
+	__s32 _pad;
+	__s64 ret;
 };
 
 /* ---- BPF iterator contexts (kernel/bpf/task_iter.c, net/ipv4/tcp_ipv4.c) ------- */

@@ -22,16 +22,32 @@ class Stop(Exception):
     """Raised from the SIGTERM handler to leave the read loop through the normal cleanup path."""
 
 
-def parser(prog, description, tool_flags=None):
-    """An ArgumentParser with the common flags; `tool_flags(parser)` adds the tool's own (after --cgroup)."""
+def port_list(text):
+    """-P's value: one port or a comma-separated list of them ("80,443")."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port or a comma-separated list of ports: {text!r}") from None
+
+
+def parser(prog, description, tool_flags=None, own_short=(), helps=None):
+    """An ArgumentParser with the common flags; `tool_flags(parser)` adds the tool's own (after --cgroup).
+    `own_short`: short options the tool gives a meaning of its own (e.g. tcpconnect's -c, count), which the
+    common flags then spell long only (--comm). `helps`: the tool's wording of common flags, by long option
+    (e.g. {"--port": "only connections to this remote port"})."""
     p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("-t", "--timestamp", action="store_true", help="print seconds since start as the first column")
-    p.add_argument("-p", "--pid", type=int, action="append", default=[], metavar="PID",
-                   help="only sockets owned by this process (repeatable)")
-    p.add_argument("-u", "--uid", type=int, help="only sockets owned by this user id")
-    p.add_argument("-c", "--comm", help="only sockets owned by a task with this name")
-    p.add_argument("-P", "--port", type=int, action="append", default=[], metavar="PORT",
-                   help="only connections with this local or remote port (repeatable)")
+    helps = helps or {}
+
+    def flag(short, long, help, **kw):
+        p.add_argument(*([long] if short in own_short else [short, long]), help=helps.get(long, help), **kw)
+
+    flag("-t", "--timestamp", action="store_true", help="print seconds since start as the first column")
+    flag("-p", "--pid", type=int, action="append", default=[], metavar="PID",
+         help="only sockets owned by this process (repeatable)")
+    flag("-u", "--uid", type=int, help="only sockets owned by this user id")
+    flag("-c", "--comm", help="only sockets owned by a task with this name")
+    flag("-P", "--port", type=port_list, action="extend", default=[], metavar="PORT",
+         help="only connections with this local or remote port (repeatable, or a comma-separated list)")
     fam = p.add_mutually_exclusive_group()
     fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 only")
     fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 only (wide address columns)")
@@ -125,6 +141,7 @@ def run(argv, parse_args, make_tracer, make_writer):
                 last_loss_check = now
                 _report_losses(tracer, writer)
         _drain(tracer, writer)
+        writer.summary()
         return 0
     except (KeyboardInterrupt, Stop):
         _final_report(tracer, writer)
@@ -164,6 +181,7 @@ def _final_report(tracer, writer):
         return
     try:
         _drain(tracer, writer)
+        writer.summary()
     except BrokenPipeError:
         _quiet_stdout()
     except (PytracerError, KeyboardInterrupt, Stop):

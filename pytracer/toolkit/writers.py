@@ -9,8 +9,9 @@ from .losses import LOSS_TEXT, describe_losses
 
 
 class Writer:
-    """Base of an output format: `header()`, `write(lines)`, `lost(count, reasons)`; subclasses define
-    `render(conn)` (the text reused for every line of that connection) and `write`."""
+    """Base of an output format: `header()`, `write(lines)`, `lost(count, reasons)`, `summary()` (what it
+    prints when tracing ends: -d, Ctrl-C, SIGTERM); subclasses define `render(conn)` (the text reused for
+    every line of that connection) and `write`."""
 
     # Rendered text of the connections seen lately; a close line drops its connection's (`forget`), so
     # this holds what is open, and at most MAX_CACHED of that (~1 KB each with the connection).
@@ -37,6 +38,9 @@ class Writer:
         raise NotImplementedError
 
     def header(self):
+        pass
+
+    def summary(self):
         pass
 
     def emit(self, parts):
