@@ -9,6 +9,7 @@
         --uid UID        drop to this user id first (after naming the process)
         --syncnt N       TCP_SYNCNT: SYN retries before the kernel gives up (ETIMEDOUT)
         --timeout S      a connect timeout of the program's own (non-blocking connect, then close)
+        --hold 1         keep every connected socket open until the end
 
 Every process says "PID <name> <pid>" first; one write(2) per line.
 """
@@ -60,6 +61,7 @@ def connector(name, fam, host, port, n, *opts):
     if "--uid" in opts:
         os.setuid(int(opts["--uid"]))
     sys.stdin.readline()
+    held = []
     for _ in range(int(n)):
         s = socket.socket(family_of(fam), socket.SOCK_STREAM)
         if "--syncnt" in opts:
@@ -74,6 +76,11 @@ def connector(name, fam, host, port, n, *opts):
             # TimeoutError, socket.timeout, too)
             result = "TIMEOUT" if e.errno is None else errno.errorcode.get(e.errno, str(e.errno))
         say(f"CONNECT {s.getsockname()[1]} {result}")
+        if "--hold" in opts and result == "OK":
+            held.append(s)
+        else:
+            s.close()
+    for s in held:
         s.close()
 
 

@@ -17,9 +17,10 @@ from conftest import ROOT, kernel_unavailable, pytracer_cmd, run_env
 PACKAGE_MODULES = sorted(os.path.relpath(os.path.join(d, f), os.path.join(ROOT, "pytracer"))
                          for d, _dirs, files in os.walk(os.path.join(ROOT, "pytracer")) for f in files
                          if f.endswith(".py"))
-# the tools' objects, not the engine tests' fixtures
-TOOL_OBJECTS = ("tcpsnoop.bpf.o", "tcpstates.bpf.o")
+# the tools' objects (one per bpf_bytecode/*.bpf.c), not the engine tests' fixtures
 FIXTURES = ("enginetest.bpf.o", "invalid.bpf.o")
+TOOL_OBJECTS = tuple(sorted(f[:-len(".c")] + ".o" for f in os.listdir(os.path.join(ROOT, "bpf_bytecode"))
+                            if f.endswith(".bpf.c") and f[:-len(".c")] + ".o" not in FIXTURES))
 
 
 @pytest.fixture(scope="module")

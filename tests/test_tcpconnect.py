@@ -1,6 +1,7 @@
 """`pytracer tcpconnect` on the real kernel: connections from a known client process to a server on loopback
 (IPv4, IPv6) and across a veth pair between two namespaces of the test's own; refused, timed-out, unreachable
 and abandoned connects with their error; -c counts; the -p/-u/-P/--comm filters, which the kernel applies."""
+import subprocess
 import time
 
 import pytest
@@ -185,3 +186,27 @@ def test_columns(kernel):
         ["0", str(cli.pid), "tccli", "6", "::1", str(lport), "::1", str(srv.port), "OK"],
         ["0", str(ref.pid), "tccli", "6", "::1", str(rlport), "::1", str(closed), "ECONNREFUSED"]], out
     assert all(float(r[0]) >= 0 for r in rows)
+
+
+def test_failure_inside_connect_takes_its_return_value(kernel, netns_pair):
+    """No local port left (a namespace whose ephemeral range is two ports, both in use towards the same
+    server): connect() fails with EADDRNOTAVAIL after the state change to SYN_SENT, with no sk_err; the line
+    takes the error from connect()'s return."""
+    a, b = netns_pair
+    r = subprocess.run(["ip", "netns", "exec", b, "sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40001"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    srv = Peer("acceptor", "tcsrv", "4", ADDR_A["4"], 2, netns=a)
+    cli = None
+    try:
+        with Tool("tcpconnect", "-j", "-P", srv.port) as tool:
+            cli = Peer("connector", "tccli", "4", ADDR_A["4"], srv.port, 3, "--hold", 1, netns=b)
+            cli.go()
+            seen = connects(cli)
+            lines = tool.stop()
+    finally:
+        srv.kill()
+        if cli:
+            cli.kill()
+    assert [r for _, r in seen] == ["OK", "OK", "EADDRNOTAVAIL"], seen
+    check_lines(lines, cli, seen, "4", ADDR_B["4"], ADDR_A["4"], srv.port, netns_inode(b))
