@@ -51,7 +51,8 @@ def parser(prog, description, tool_flags=None, own_short=(), helps=None):
     fam = p.add_mutually_exclusive_group()
     fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 only")
     fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 only (wide address columns)")
-    p.add_argument("--cgroup", metavar="PATH", help="only sockets owned by tasks in this cgroup v2 (or below)")
+    p.add_argument("--cgroup", metavar="PATH",
+                   help=helps.get("--cgroup", "only sockets owned by tasks in this cgroup v2 (or below)"))
     if tool_flags is not None:
         tool_flags(p)
     p.add_argument("-j", "--json", action="store_true", help="one JSON object per line (schema: README)")
