@@ -7,11 +7,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
 
-from conftest import kernel_unavailable, pytracer_cmd, run_env, wait_attached, without_notes
+from conftest import kernel_unavailable, pytracer_cmd, run_env, without_notes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONNPEERS = os.path.join(HERE, "connpeers.py")
@@ -19,6 +20,24 @@ CONNPEERS = os.path.join(HERE, "connpeers.py")
 ADDR_A = {"4": "169.254.78.1", "6": "fd78::1"}
 ADDR_B = {"4": "169.254.78.2", "6": "fd78::2"}
 LOOPBACK = {"4": "127.0.0.1", "6": "::1"}
+
+
+def wait_tracing(proc, timeout=120.0):
+    """Wait until a pytracer process has attached a program (-j prints no header to wait for): it holds a BPF
+    link, or, where classic tracepoints attach without links (before Linux 5.15), a perf event. The remaining
+    attachments follow within milliseconds. Generous timeout: under emulation (vmtest) start-up takes seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            fds = os.listdir(f"/proc/{proc.pid}/fd")
+            if any(os.readlink(f"/proc/{proc.pid}/fd/{fd}") in ("anon_inode:bpf_link", "anon_inode:[perf_event]")
+                   for fd in fds):
+                time.sleep(0.5)
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"pytracer did not attach: {proc.args}")
 
 
 class Tool:
@@ -32,7 +51,11 @@ class Tool:
     def __enter__(self):
         self.p = subprocess.Popen(pytracer_cmd(*self.args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, env=run_env())
-        wait_attached(self.p)
+        try:
+            wait_tracing(self.p)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def stop(self):

@@ -37,7 +37,7 @@ def check_lines(lines, srv, peer_ports, family, laddr, raddr, netns):
 
 
 @pytest.mark.parametrize("family", ["4", "6"])
-def test_loopback_accepts_name_the_server(kernel, family):
+def test_loopback_accepts_name_the_server(kernel, no_leaks, family):
     host = LOOPBACK[family]
     lines, srv, got = accept_run(family, host, host, N)
     check_lines(lines, srv, got, int(family), host, host, netns_inode())

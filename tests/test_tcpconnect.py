@@ -45,7 +45,7 @@ def connect_run(family, host, n, server_netns=None, client_netns=None):
 
 
 @pytest.mark.parametrize("family", ["4", "6"])
-def test_loopback_connects(kernel, family):
+def test_loopback_connects(kernel, no_leaks, family):
     host = LOOPBACK[family]
     lines, srv, cli, seen = connect_run(family, host, N)
     check_lines(lines, cli, seen, family, host, host, srv.port, netns_inode())

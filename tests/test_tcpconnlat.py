@@ -21,7 +21,7 @@ def check_lines(lines, cli, seen, family, laddr, raddr, rport, netns):
 
 
 @pytest.mark.parametrize("family", ["4", "6"])
-def test_loopback_latencies(kernel, family):
+def test_loopback_latencies(kernel, no_leaks, family):
     host = LOOPBACK[family]
     srv = Peer("acceptor", "tlsrv", family, host, N)
     closed = free_port(int(family))
