@@ -2,9 +2,11 @@
 .rodata), attach its programs, decode its records from the `events` ring buffer with the layout the
 object's BTF gives, account losses, close everything. A tool defines `RECORD` (its struct's name) and
 `convert(records, out)`, which turns decoded records (tuples in the struct's field order, see
-`self.layout.names`) into the lines its writers print."""
+`self.layout.names`) into the lines its writers print; `RECORD_FIELDS`, the names convert() unpacks in order,
+is then checked against the object's record at start."""
 from __future__ import annotations
 
+from ..errors import PytracerError
 from .losses import Losses
 
 READ_BATCH = 4096
@@ -12,6 +14,7 @@ READ_BATCH = 4096
 
 class RingBufferTracer:
     RECORD = ""                 # the record's struct name in the tool's header
+    RECORD_FIELDS = ()          # if set: the record's field names, in order, that convert() unpacks
     ENUMS = ()                  # enums whose constants the tool wants (self.k: name -> value)
 
     def __init__(self, object_path: str, rodata: dict | None = None,
@@ -36,6 +39,10 @@ class RingBufferTracer:
             self.obj.attach()
             self.rb = self.obj.ring_buffer("events")
             self.layout = self.obj.record(self.RECORD)
+            if self.RECORD_FIELDS and tuple(self.layout.names) != tuple(self.RECORD_FIELDS):
+                raise PytracerError(f"{self.object_path}: struct {self.RECORD} has the fields "
+                                    f"{', '.join(self.layout.names)}; this pytracer decodes "
+                                    f"{', '.join(self.RECORD_FIELDS)}")
             self.k = self.obj.enums(*self.ENUMS) if self.ENUMS else {}
             self._losses = Losses(self.obj, self.rb, self.loss_counters())
         except BaseException:

@@ -2,7 +2,6 @@
 that accepted it (the syscall's return runs in that process; the handshake before it ran in softirq)."""
 import sys
 
-from ...errors import PytracerError
 from ...toolkit import cli as tool_cli
 from ...toolkit.inet import IP_VERSION, Clock, address
 from ...toolkit.objects import object_path
@@ -12,18 +11,14 @@ from ...toolkit.writers import JsonLinesWriter, TextWriter
 
 DESCRIPTION = "Trace TCP accepts (accept(), accept4()) by the process that accepted (tracepoints only)."
 FIELDS = ("ts", "pid", "uid", "comm", "family", "laddr", "lport", "raddr", "rport", "netns")
-RECORD_FIELDS = ("ts_ns", "pid", "uid", "netns", "lport", "rport", "laddr", "raddr", "comm", "family")
 
 
 class TcpAccept(RingBufferTracer):
     RECORD = "tcpaccept_event"
+    RECORD_FIELDS = ("ts_ns", "pid", "uid", "netns", "lport", "rport", "laddr", "raddr", "comm", "family")
 
     def start(self):
         super().start()
-        if self.layout.names != RECORD_FIELDS:
-            self.close()
-            raise PytracerError(f"{self.object_path}: struct {self.RECORD} has the fields "
-                                f"{', '.join(self.layout.names)}; this pytracer decodes {', '.join(RECORD_FIELDS)}")
         self.clock = Clock()
         return self
 

@@ -22,8 +22,6 @@ DESCRIPTION = ("Trace TCP active opens (connect()) by process, with their result
 # A line: what one printed line / JSON object holds, in this order.
 FIELDS = ("ts", "pid", "uid", "comm", "family", "laddr", "lport", "raddr", "rport", "netns", "result", "error",
           "latency_us")
-RECORD_FIELDS = ("start_ns", "end_ns", "pid", "uid", "netns", "error", "lport", "rport", "laddr", "raddr",
-                 "comm", "family", "result")
 RESULTS = {"CONNECT_ESTABLISHED": "established", "CONNECT_FAILED": "failed", "CONNECT_CLOSED": "closed"}
 
 
@@ -33,17 +31,13 @@ def error_name(n):
 
 class TcpConnect(RingBufferTracer):
     RECORD, ENUMS = "tcpconnect_event", ("connect_result",)
+    RECORD_FIELDS = ("start_ns", "end_ns", "pid", "uid", "netns", "error", "lport", "rport", "laddr", "raddr",
+                     "comm", "family", "result")
 
     def start(self):
         super().start()
-        if self.layout.names != RECORD_FIELDS:
-            self.close()
-            from ...errors import PytracerError
-
-            raise PytracerError(f"{self.object_path}: struct {self.RECORD} has the fields "
-                                f"{', '.join(self.layout.names)}; this pytracer decodes {', '.join(RECORD_FIELDS)}")
         self.clock = Clock()
-        self.results = {v: RESULTS[k] for k, v in self.k.items()}
+        self.results = {v: RESULTS.get(k, k.lower()) for k, v in self.k.items()}
         return self
 
     def convert(self, records, out):

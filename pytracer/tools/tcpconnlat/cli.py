@@ -3,7 +3,6 @@ SYN-ACK received, retransmissions included), named after the process that called
 import argparse
 import sys
 
-from ...errors import PytracerError
 from ...toolkit import cli as tool_cli
 from ...toolkit.inet import IP_VERSION, Clock, address
 from ...toolkit.objects import object_path
@@ -14,19 +13,15 @@ from ...toolkit.writers import JsonLinesWriter, TextWriter
 DESCRIPTION = ("Trace TCP connect latency (SYN sent to handshake done) by the process that connected "
                "(tracepoints only).")
 FIELDS = ("ts", "pid", "uid", "comm", "family", "laddr", "lport", "raddr", "rport", "netns", "latency_us")
-RECORD_FIELDS = ("latency_ns", "end_ns", "pid", "uid", "netns", "lport", "rport", "laddr", "raddr", "comm",
-                 "family")
 
 
 class TcpConnLat(RingBufferTracer):
     RECORD = "tcpconnlat_event"
+    RECORD_FIELDS = ("latency_ns", "end_ns", "pid", "uid", "netns", "lport", "rport", "laddr", "raddr", "comm",
+                     "family")
 
     def start(self):
         super().start()
-        if self.layout.names != RECORD_FIELDS:
-            self.close()
-            raise PytracerError(f"{self.object_path}: struct {self.RECORD} has the fields "
-                                f"{', '.join(self.layout.names)}; this pytracer decodes {', '.join(RECORD_FIELDS)}")
         self.clock = Clock()
         return self
 
