@@ -210,3 +210,19 @@ def test_failure_inside_connect_takes_its_return_value(kernel, netns_pair):
             cli.kill()
     assert [r for _, r in seen] == ["OK", "OK", "EADDRNOTAVAIL"], seen
     check_lines(lines, cli, seen, "4", ADDR_B["4"], ADDR_A["4"], srv.port, netns_inode(b))
+
+
+def test_no_syscall_tracepoints_is_a_note_not_a_failure(kernel):
+    """Where the kernel has no syscall tracepoint for connect() (CONFIG_FTRACE_SYSCALLS off), its two programs
+    stay out and the user is told what that costs; the state-change program is all the rest needs."""
+    import types
+
+    from pytracer.tools.tcpconnect.cli import TcpConnect
+
+    t = TcpConnect("unused.bpf.o")
+    missing = types.SimpleNamespace(attach_kind="tracepoint", attach_target="syscalls/sys_exit_connect_nonexistent")
+    present = types.SimpleNamespace(attach_kind="tracepoint", attach_target="syscalls/sys_exit_connect")
+    btf = types.SimpleNamespace(attach_kind="tp_btf", attach_target="inet_sock_set_state")
+    assert [t.wanted(p) for p in (missing, missing, present, btf)] == [False, False, True, True]
+    assert t.fallbacks == ["this kernel has no tracepoint syscalls:sys_exit_connect_nonexistent: a connect() that "
+                           "fails by itself with no socket error (EADDRNOTAVAIL: no local port left) shows as CLOSED"]

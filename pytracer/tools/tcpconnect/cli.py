@@ -10,6 +10,7 @@ import errno
 import json
 import sys
 
+from ...attach import tracepoint_exists
 from ...toolkit import cli as tool_cli
 from ...toolkit.inet import IP_VERSION, Clock, address
 from ...toolkit.objects import object_path
@@ -33,6 +34,20 @@ class TcpConnect(RingBufferTracer):
     RECORD, ENUMS = "tcpconnect_event", ("connect_result",)
     RECORD_FIELDS = ("start_ns", "end_ns", "pid", "uid", "netns", "error", "lport", "rport", "laddr", "raddr",
                      "comm", "family", "result")
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, programs=self.wanted, **kw)
+
+    def wanted(self, prog):
+        """Every program; the connect() syscall's pair only where the kernel has syscall tracepoints
+        (CONFIG_FTRACE_SYSCALLS): without them a connect() that fails by itself is still reported."""
+        if prog.attach_kind == "tracepoint" and not tracepoint_exists(prog.attach_target):
+            note = (f"this kernel has no tracepoint {prog.attach_target.replace('/', ':')}: a connect() that "
+                    "fails by itself with no socket error (EADDRNOTAVAIL: no local port left) shows as CLOSED")
+            if note not in self.fallbacks:
+                self.fallbacks.append(note)
+            return False
+        return True
 
     def start(self):
         super().start()
