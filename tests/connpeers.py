@@ -10,6 +10,7 @@
         --syncnt N       TCP_SYNCNT: SYN retries before the kernel gives up (ETIMEDOUT)
         --timeout S      a connect timeout of the program's own (non-blocking connect, then close)
         --hold 1         keep every connected socket open until the end
+        --v6socket 1     an AF_INET6 socket whatever FAMILY is (to an IPv4 HOST: a v4-mapped ::ffff:HOST)
 
 Every process says "PID <name> <pid>" first; one write(2) per line.
 """
@@ -63,13 +64,18 @@ def connector(name, fam, host, port, n, *opts):
     sys.stdin.readline()
     held = []
     for _ in range(int(n)):
-        s = socket.socket(family_of(fam), socket.SOCK_STREAM)
+        if "--v6socket" in opts:
+            s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            target = ("::ffff:" + host if ":" not in host else host, int(port))
+        else:
+            s = socket.socket(family_of(fam), socket.SOCK_STREAM)
+            target = (host, int(port))
         if "--syncnt" in opts:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, int(opts["--syncnt"]))
         if "--timeout" in opts:
             s.settimeout(float(opts["--timeout"]))
         try:
-            s.connect((host, int(port)))
+            s.connect(target)
             result = "OK"
         except OSError as e:
             # the program's own timeout has no errno (since Python 3.10 the kernel's ETIMEDOUT is a

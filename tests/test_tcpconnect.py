@@ -226,3 +226,42 @@ def test_no_syscall_tracepoints_is_a_note_not_a_failure(kernel):
     assert [t.wanted(p) for p in (missing, missing, present, btf)] == [False, False, True, True]
     assert t.fallbacks == ["this kernel has no tracepoint syscalls:sys_exit_connect_nonexistent: a connect() that "
                            "fails by itself with no socket error (EADDRNOTAVAIL: no local port left) shows as CLOSED"]
+
+
+def test_v4_mapped_connects_print_as_ipv4(kernel):
+    """An AF_INET6 socket connecting to ::ffff:127.0.0.1 sends IPv4: the lines say IPv4, as tcpsnoop's do."""
+    srv = Peer("acceptor", "tcsrv", "4", "127.0.0.1", 3)
+    cli = None
+    try:
+        with Tool("tcpconnect", "-j", "-P", srv.port) as tool:
+            cli = Peer("connector", "tccli", "4", "127.0.0.1", srv.port, 3, "--v6socket", 1)
+            cli.go()
+            seen = connects(cli)
+            accepted(srv)
+            lines = tool.stop()
+    finally:
+        srv.kill()
+        if cli:
+            cli.kill()
+    check_lines(lines, cli, seen, "4", "127.0.0.1", "127.0.0.1", srv.port, netns_inode())
+
+
+def test_count_json(kernel):
+    """-c -j: one object per (family, source, destination, port) at the end, the failed connects counted too."""
+    srv = Peer("acceptor", "tcsrv", "6", "::1", 4)
+    closed = free_port(6)
+    runs = []
+    try:
+        with Tool("tcpconnect", "-c", "-j", "-P", f"{srv.port},{closed}") as tool:
+            runs = [Peer("connector", "tccli", "6", "::1", port, n) for port, n in ((srv.port, 4), (closed, 3))]
+            for c in runs:
+                c.go()
+            for c in runs:
+                connects(c)
+            rows = tool.stop()
+    finally:
+        for p in [srv] + runs:
+            p.kill()
+    assert sorted(rows, key=lambda r: r["rport"]) == sorted(
+        [{"family": 6, "laddr": "::1", "raddr": "::1", "rport": srv.port, "connects": 4},
+         {"family": 6, "laddr": "::1", "raddr": "::1", "rport": closed, "connects": 3}], key=lambda r: r["rport"])
