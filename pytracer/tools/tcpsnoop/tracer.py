@@ -44,7 +44,7 @@ _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 # records by position, in this order; use_types() checks it against the record in BTF.
 RECORD = "tcpsnoop_event"
 ENUMS = ("ev_type", "ev_attr", "ev_dir", "tcp_flag")
-HEAD_FIELDS = ("ts_ns", "tx_bytes", "rx_bytes", "start_ns", "cgroup_id", "size", "payload", "type", "dir",
+HEAD_FIELDS = ("ts_ns", "tx_bytes", "rx_bytes", "start_ns", "cgroup_id", "capture", "size", "payload", "type", "dir",
                "tcp_flags", "attr", "gso_segs", "gso_size")
 IDENTITY_FIELDS = ("sk", "pid", "uid", "netns", "lport", "rport", "laddr", "raddr", "comm", "family")
 
@@ -279,7 +279,7 @@ class TcpSnoop:
         send, recv, connect, reset = k.EV_SEND, k.EV_RECV, k.EV_CONNECT, k.EV_RESET
         unknown = k.ATTR_OWNER_UNKNOWN
 
-        for (ts_ns, tx, rx, start_ns, _cg, size, payload, etype, direction, flags, attr, _segs, _segsize,
+        for (ts_ns, tx, rx, start_ns, _cg, _cap, size, payload, etype, direction, flags, attr, _segs, _segsize,
              ident) in records:
             conn = conns.get(ident)
             if conn is None:
