@@ -152,6 +152,7 @@ static __always_inline __u8 capture_source(__u32 slot, void *skbp, void *devp, c
 static __always_inline __u64 capture_packet(__u8 slot1, __u32 netns, __u32 hdr_len)
 {
 	struct capture_buf *b;
+	struct net_device___cap *dev;
 	__u32 slot, want, n;
 
 	if (!snaplen || !slot1)
@@ -170,11 +171,12 @@ static __always_inline __u64 capture_packet(__u8 slot1, __u32 netns, __u32 hdr_l
 		n = CAPTURE_MAX;
 	b->h.id = __sync_fetch_and_add(&capture_next, 1) + 1;
 	b->h.len = b->src.len;
-	b->h.ifindex = BPF_CORE_READ(b->src.dev, ifindex);
+	dev = b->src.dev;	/* a plain load: CO-RE applies to the kernel's structs only */
+	b->h.ifindex = BPF_CORE_READ(dev, ifindex);
 	b->h.netns = netns;
-	b->h.dev_type = BPF_CORE_READ(b->src.dev, type);
+	b->h.dev_type = BPF_CORE_READ(dev, type);
 	b->h._pad = 0;
-	bpf_core_read_str(b->h.ifname, sizeof(b->h.ifname), &b->src.dev->name);
+	bpf_core_read_str(b->h.ifname, sizeof(b->h.ifname), &dev->name);
 	if (bpf_probe_read_kernel(b->data, n, b->src.start))
 		n = 0;
 	b->h.caplen = n;

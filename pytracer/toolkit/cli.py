@@ -125,6 +125,7 @@ def run(argv, parse_args, make_tracer, make_writer):
                 last_loss_check = now
                 _report_losses(tracer, writer)
         _drain(tracer, writer)
+        _finish(writer)
         return 0
     except (KeyboardInterrupt, Stop):
         _final_report(tracer, writer)
@@ -162,10 +163,18 @@ def _final_report(tracer, writer):
         return
     try:
         _drain(tracer, writer)
+        _finish(writer)
     except BrokenPipeError:
         _quiet_stdout()
     except (PytracerError, KeyboardInterrupt, Stop):
         pass
+
+
+def _finish(writer):
+    """A writer that keeps state to the end (a capture file's last blocks) has a close()."""
+    close = getattr(writer, "close", None)
+    if close is not None:
+        close()
 
 
 def main(run_tool):
