@@ -70,7 +70,7 @@ class PcapngWriter:
         self.ifaces = {}            # (netns, ifindex, name, linktype) -> interface id
         self.conn_iface = OrderedDict()     # Conn.key -> interface id of its last packet
         self.queue = deque()        # _Block, in the order of their first line
-        self.open = {}              # (netns, skb) -> loopback _Block waiting for its other end
+        self.open = {}              # (netns, skb) -> [loopback _Block waiting for its other end]
         self.lost_total = 0
         self.loss_text = loss_text
         self.start_ns = time.time_ns()
@@ -94,16 +94,21 @@ class PcapngWriter:
                 # else: a packet whose bytes were lost (counted by the tracer as a "capture" loss)
                 continue
             if cap.dev_type == ARPHRD_LOOPBACK:
+                # its other end: the same skb, the other direction, the same bytes (an skb's address is
+                # reused as soon as it is freed, and a held line can come after several reuses)
                 key = (cap.netns, cap.skb)
-                b = self.open.get(key)
-                if b is not None and b.lines[0][2] != line[2] and b.cap.data == cap.data:
-                    b.lines.append(line)
-                    b.ready = True
-                    del self.open[key]
-                    continue
-                if b is not None:
-                    b.ready = True      # not its partner: the skb was reused; that one goes alone
-                b = self.open[key] = _Block(line, cap, False)
+                waiting = self.open.get(key)
+                if waiting:
+                    b = next((b for b in waiting if b.lines[0][2] != line[2] and b.cap.data == cap.data), None)
+                    if b is not None:
+                        b.lines.append(line)
+                        b.ready = True
+                        waiting.remove(b)
+                        if not waiting:
+                            del self.open[key]
+                        continue
+                b = _Block(line, cap, False)
+                self.open.setdefault(key, []).append(b)
                 self.queue.append(b)
             else:
                 self.queue.append(_Block(line, cap, True))
@@ -117,8 +122,11 @@ class PcapngWriter:
             b = q.popleft()
             if not b.ready and b.cap is not None:
                 key = (b.cap.netns, b.cap.skb)
-                if self.open.get(key) is b:
-                    del self.open[key]
+                waiting = self.open.get(key)
+                if waiting and b in waiting:
+                    waiting.remove(b)
+                    if not waiting:
+                        del self.open[key]
             self._write_block(b)
 
     def _iface(self, cap):
