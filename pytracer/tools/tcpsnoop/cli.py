@@ -18,6 +18,7 @@ LOSS_TEXT = dict(COMMON_LOSS_TEXT, **{
     "pending": "{n} held for connections whose owner was not known yet (not accepted, or handed off), "
                "beyond the buffer's bound or when pytracer stopped",
     "unattributed": "{n} segments of sockets pytracer could not follow (its socket table was full)",
+    "capture": "{n} packets whose bytes did not fit in the capture ring buffer (-w): try --ringbuf-mb or filters",
 })
 
 
@@ -154,7 +155,8 @@ def make_writer(a, t0):
     # the interfaces' snap length: what the kernel side may capture; 0 (none declared) when -s is below
     # it, since the headers are kept whole even where they are longer than -s
     declared = MAX_CAPTURE if snaplen(a) >= MAX_CAPTURE else 0
-    return PcapngWriter(out, declared, _text_writer(a, t0) if a.print_lines else None, LOSS_TEXT)
+    return PcapngWriter(out, declared, _text_writer(a, t0) if a.print_lines else None, LOSS_TEXT,
+                        owns_out=a.write != "-")
 
 
 def read_file(a):

@@ -62,8 +62,9 @@ class PcapngWriter:
     """A tcpsnoop output format (header/write/lost, as the text writers): pcapng on `out` (binary).
     `also` is a text writer that prints the same lines (--print), or None."""
 
-    def __init__(self, out, snaplen, also=None, loss_text=None):
+    def __init__(self, out, snaplen, also=None, loss_text=None, owns_out=False):
         self.out = out
+        self.owns_out = owns_out    # close `out` at the end (a file -w opened; not stdout)
         self.snaplen = snaplen
         self.also = also
         self.w = None
@@ -203,6 +204,9 @@ class PcapngWriter:
         self.w.statistics(self._loss_iface(), time.time_ns(), ifdrop=self.lost_total, start_ns=self.start_ns,
                           comment="pytracer: end of capture, %d lost" % self.lost_total)
         self.out.flush()
+        self.w = None
+        if self.owns_out:
+            self.out.close()
 
 
 # ---- reading ----------------------------------------------------------------------------------------------
