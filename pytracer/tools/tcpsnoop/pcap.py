@@ -294,14 +294,17 @@ def read_lines(path, f, on_loss=None):
             c = Conn(0, None, None, "", fam, loc[0], loc[1], loc[2], loc[3], netns or 0)
             yield (item.ts_ns / 1e9, _unlabelled_event(flags, d), d, c, size, payload, None, None)
             continue
-        ends = label.split(" | peer ")
-        for n, text in enumerate(ends):
+        ends = []
+        for n, text in enumerate(label.split(" | peer ")):
             f = _fields(text)
             d = f.get("dir", "out")
             loc = (dst, dport, src, sport) if d == "in" else (src, sport, dst, dport)
             c = _conn(f, fam, *loc, netns=netns)
             ts_ns = item.ts_ns + (int(f.get("dt_ns", 0)) if n else 0)
-            yield (ts_ns / 1e9, f.get("event", "send"), d, c, size, payload, None, None)
+            ends.append((ts_ns / 1e9, f.get("event", "send"), d, c, size, payload, None, None))
+        if len(ends) == 2 and ends[1][0] < ends[0][0]:
+            ends.reverse()      # the sending end's line first, as pytracer printed them
+        yield from ends
 
 
 def _netns_of(iface):
