@@ -25,7 +25,7 @@ import time
 import pytest
 
 import traffic
-from conftest import ROOT, kernel_unavailable
+from conftest import ROOT
 from test_real_programs import SYSTEM_PYTHON, curl, free_port, need
 from test_tcpsnoop import netns_pair  # noqa: F401 - a fixture
 

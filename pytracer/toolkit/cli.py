@@ -113,6 +113,7 @@ def run(argv, parse_args, make_tracer, make_writer):
         writer.header()
         end = None if a.duration is None else time.monotonic() + a.duration
         last_loss_check = 0.0
+        idle = getattr(writer, "idle", None)    # a writer holding lines back gets a tick when none come
         while True:
             now = time.monotonic()
             if end is not None and now >= end:
@@ -121,6 +122,8 @@ def run(argv, parse_args, make_tracer, make_writer):
             lines = tracer.poll_lines(wait)
             if lines:
                 writer.write(lines)
+            elif idle is not None:
+                idle()
             if now - last_loss_check >= 0.5:
                 last_loss_check = now
                 _report_losses(tracer, writer)

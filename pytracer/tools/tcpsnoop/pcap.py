@@ -73,6 +73,7 @@ class PcapngWriter:
         self.queue = deque()        # _Block, in the order of their first line
         self.open = {}              # (netns, skb) -> [loopback _Block waiting for its other end]
         self.lost_total = 0
+        self.newest = 0.0           # the latest line's time seen
         self.loss_text = loss_text
         self.start_ns = time.time_ns()
 
@@ -88,6 +89,8 @@ class PcapngWriter:
         if self.also is not None:
             self.also.write(lines)
         for line in lines:
+            if line[0] > self.newest:
+                self.newest = line[0]
             cap = line[7]
             if cap is None:
                 if line[6] is not None or line[4] == 0:     # close, or the accept line of an old handshake
@@ -113,8 +116,17 @@ class PcapngWriter:
                 self.queue.append(b)
             else:
                 self.queue.append(_Block(line, cap, True))
-        self._flush(time.time() - PAIR_WAIT_S)
+        # waited long enough: by the records' own clock (a reader running behind must not give up on a
+        # partner that is still in the ring buffer)
+        self._flush(self.newest - PAIR_WAIT_S)
         self.out.flush()
+
+    def idle(self):
+        """No lines for a while (the read loop's tick; the ring buffer is empty): what waited long enough by
+        the wall clock goes out."""
+        if self.queue:
+            self._flush(time.time() - PAIR_WAIT_S)
+            self.out.flush()
 
     def _flush(self, older_than):
         """Write the blocks at the head of the queue that are complete, or waited long enough."""
@@ -225,7 +237,8 @@ def parse_tcp(data, link_hlen):
         ihl = (ip[0] & 15) * 4
         if ip[9] != 6 or ihl < 20 or len(ip) < ihl + 20:
             return None
-        fam, src, dst, off = 4, socket.inet_ntop(socket.AF_INET, ip[12:16]), socket.inet_ntop(socket.AF_INET, ip[16:20]), ihl
+        fam, off = 4, ihl
+        src, dst = socket.inet_ntop(socket.AF_INET, ip[12:16]), socket.inet_ntop(socket.AF_INET, ip[16:20])
     elif v == 6:
         if len(ip) < 40:
             return None
