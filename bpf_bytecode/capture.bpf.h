@@ -23,7 +23,7 @@ const volatile __u32 snaplen = 0;	/* bytes per packet to capture; 0 = no capture
 
 /* The header of a capture record; caplen bytes of the packet follow it. */
 struct capture_hdr {
-	__u64 id;		/* what the tcpsnoop_event's `capture` says (never 0) */
+	__u64 id;		/* what the tcpsnoop_event's `capture` says (never 0): seq << 16 | cpu << 1 | slot */
 	__u64 skb;		/* the skb's address: pairs loopback's send and receive of one packet */
 	__u32 len;		/* the packet's length: link header (if captured) + IP packet */
 	__u32 caplen;		/* bytes that follow (<= len) */
@@ -64,6 +64,7 @@ struct capture_src {
 
 struct capture_buf {
 	struct capture_src src;
+	__u64 seq;			/* captures made from this slot on this CPU */
 	struct capture_hdr h;		/* the record: h and then data go into the ring */
 	__u8 data[CAPTURE_MAX];
 };
@@ -92,8 +93,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } capture_lost SEC(".maps");
-
-__u64 capture_next = 0;
 
 /* Keep the header in BTF for user space. */
 const struct capture_hdr *const __unused_capture_hdr = 0;
@@ -169,7 +168,10 @@ static __always_inline __u64 capture_packet(__u8 slot1, __u32 netns, __u32 hdr_l
 		n = b->src.len;
 	if (n > CAPTURE_MAX)
 		n = CAPTURE_MAX;
-	b->h.id = __sync_fetch_and_add(&capture_next, 1) + 1;
+	/* unique without an atomic that returns a value (BPF_FETCH: Linux 5.12, above our 5.10 floor): a
+	 * per-CPU, per-slot count that only this slot's program on this CPU increments */
+	b->seq++;
+	b->h.id = (b->seq << 16) | ((bpf_get_smp_processor_id() & 0x7fff) << 1) | slot;
 	b->h.len = b->src.len;
 	dev = b->src.dev;	/* a plain load: CO-RE applies to the kernel's structs only */
 	b->h.ifindex = BPF_CORE_READ(dev, ifindex);
