@@ -429,3 +429,35 @@ def test_labels_losses_and_events_read_back(tmp, tools):
             ln[3].rport, ln[3].netns, ln[3].cgroup, ln[4], ln[5], ln[6]) for ln in back]
     assert got == key
     assert tshark_ok(tools["tshark"], path) == 1
+
+
+def test_reader_never_fails_with_a_traceback(tmp):
+    """Every truncation, and every single-byte corruption in the blocks' framing, of a pcapng file is read
+    as packets or as a CaptureFormatError naming the offset: never another exception. (No kernel.)"""
+    from pytracer.tools.tcpsnoop.pcap import PcapngWriter
+
+    path = os.path.join(tmp, "s.pcapng")
+    with open(path, "wb") as f:
+        w = PcapngWriter(f, 2048)
+        w.header()
+        w.write(_synthetic_lines("curl"))
+        w.close()
+    good = open(path, "rb").read()
+
+    def read_all(data):
+        bad = os.path.join(tmp, "bad.pcapng")
+        with open(bad, "wb") as f:
+            f.write(data)
+        with open(bad, "rb") as f:
+            try:
+                return list(pcapng.read(bad, f))
+            except pcapng.CaptureFormatError as e:
+                assert e.path == bad and 0 <= e.offset <= len(data)
+                return None
+
+    assert len(read_all(good)) == 3          # the packet, the close line's ISB, the end ISB
+    for n in range(len(good)):
+        read_all(good[:n])
+    for i in range(len(good)):
+        for v in (0x00, 0xFF, good[i] ^ 0x80):
+            read_all(good[:i] + bytes([v]) + good[i + 1:])

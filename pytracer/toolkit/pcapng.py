@@ -155,7 +155,7 @@ def _text(values):
 
 
 def _tsresol(values):
-    if not values:
+    if not values or not values[0]:
         return 10 ** 6
     v = values[0][0]
     return 2 ** (v & 0x7F) if v & 0x80 else 10 ** v
@@ -283,7 +283,7 @@ def _read_pcapng(path, f, head):
             if if_id >= len(interfaces):
                 raise CaptureFormatError(path, offset, f"statistics of interface {if_id}, which is not described")
             o = _parse_options(body, 12, len(body), e, path, base)
-            drop = struct.unpack(e + "Q", o[ISB_IFDROP][0])[0] if ISB_IFDROP in o else None
+            drop = struct.unpack(e + "Q", o[ISB_IFDROP][0])[0] if len(o.get(ISB_IFDROP, [b""])[0]) == 8 else None
             comments = tuple(c.decode("utf-8", "replace") for c in o.get(OPT_COMMENT, ()))
             yield Statistics(interfaces[if_id], if_id, _to_ns((hi << 32) | lo, interfaces[if_id].tsresol), drop,
                              comments)
