@@ -183,18 +183,22 @@ def read_back(path, *args):
 def test_loopback_packets_equal_tcpdump(no_leaks, tools, tmp, family):
     """curl -> http.server and a traffic.py pair on loopback: the file holds tcpdump's packets, byte for byte in
     the headers, each labelled with both ends; comm=curl selects curl's packets; -r gives back the live lines."""
-    web, peer_port = free_port(family), free_port(family)
+    web, peer_port, closed = free_port(family), free_port(family), free_port(family)
     host = LOOPBACK[family]
     url_host = host if family == 4 else f"[{host}]"
     out = os.path.join(tmp, "out.pcapng")
-    flt = f"tcp port {web} or tcp port {peer_port}"
+    flt = f"tcp port {web} or tcp port {peer_port} or tcp port {closed}"
     srv = subprocess.Popen([SYSTEM_PYTHON, "-m", "http.server", "-b", host, str(web), "-d", tmp],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     dump = tracer = None
     try:
         _wait_listening(host, web)
         dump = Tcpdump(tools["tcpdump"], "lo", os.path.join(tmp, "dump.pcap"), flt)
-        tracer = Pytracer("-P", str(web), "-P", str(peer_port), "-w", out, "--print", "-j", path=out).wait_ready()
+        tracer = Pytracer("-P", str(web), "-P", str(peer_port), "-P", str(closed), "-w", out, "--print", "-j",
+                          path=out).wait_ready()
+        # a SYN to a port nobody listens on, answered by the kernel's RST (an end of no process)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((host, closed), timeout=5)
         with open(os.path.join(tmp, "f.bin"), "wb") as f:
             f.write(os.urandom(50000))
         curl_pid, res = curl(tools["curl"], f"http://{url_host}:{web}/f.bin", f"http://{url_host}:{web}/")
@@ -224,7 +228,10 @@ def test_loopback_packets_equal_tcpdump(no_leaks, tools, tmp, family):
     curls = [p for _, _, p in ours if p[3] in curl_ports or p[4] in curl_ports]
     assert curls and tshark_count(tools["tshark"], out, 'frame.comment contains "comm=curl"') == len(curls)
     assert tshark_count(tools["tshark"], out, f'frame.comment contains "pid={curl_pid} comm=curl"') == len(curls)
-    assert tshark_count(tools["tshark"], out, 'frame.comment contains "comm=tcli"') == len(ours) - len(curls)
+    peers = [p for _, _, p in ours if peer_port in (p[3], p[4])]
+    assert peers and tshark_count(tools["tshark"], out, 'frame.comment contains "comm=tcli"') == len(peers)
+    refused = [pkt.comments[0] for _, pkt, p in ours if closed in (p[3], p[4])]
+    assert len(refused) == 2 and "pid=0 comm= uid=0" in refused[1], refused      # the SYN, the kernel's RST
     assert tshark_ok(tools["tshark"], out) == len(ours)
     # round trip: the lines -r gives are those printed live, byte for byte (order: by time, within a packet
     # the sending end first, as live; live order across CPUs may differ, so compare sorted)

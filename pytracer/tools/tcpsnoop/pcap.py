@@ -74,6 +74,8 @@ class PcapngWriter:
         self.open = {}              # (netns, skb) -> [loopback _Block waiting for its other end]
         self.lost_total = 0
         self.newest = 0.0           # the latest line's time seen
+        self.alone = OrderedDict()  # ((netns, skb), bytes) -> dir of loopback packets written with one end
+        self.late_ends = 0          # their other ends, which came too late for the label
         self.loss_text = loss_text
         self.start_ns = time.time_ns()
 
@@ -111,6 +113,12 @@ class PcapngWriter:
                         if not waiting:
                             del self.open[key]
                         continue
+                late = self.alone.pop((key, cap.data), None)
+                if late is not None and late != line[2]:
+                    # the other end of a packet already written alone (it waited longer than
+                    # PAIR_WAIT_S, e.g. a handshake accepted late): the packet is in the file once
+                    self.late_ends += 1
+                    continue
                 b = _Block(line, cap, False)
                 self.open.setdefault(key, []).append(b)
                 self.queue.append(b)
@@ -140,6 +148,9 @@ class PcapngWriter:
                     waiting.remove(b)
                     if not waiting:
                         del self.open[key]
+                if len(self.alone) >= 4096:
+                    self.alone.popitem(last=False)
+                self.alone[(key, b.cap.data)] = b.lines[0][2]
             self._write_block(b)
 
     def _iface(self, cap):
