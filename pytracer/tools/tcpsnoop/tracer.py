@@ -160,7 +160,6 @@ class TcpSnoop:
         self.filters = filters if filters is not None else Filters(pids, uid, comm, ports, family, cgroup)
         self.no_data = no_data
         self.snaplen = snaplen
-        self.lost_capture_orphans = 0   # captures whose record never came (the record was lost)
         self._captures = {}         # capture id -> Capture, read but not yet claimed by its record
         self.ringbuf_size = ringbuf_size
         self.object_path = object_path
@@ -211,7 +210,7 @@ class TcpSnoop:
             counters = {"pending": lambda: self.lost_pending, "unattributed": unattributed.sum_percpu_u64}
             if self.snaplen:
                 capture_lost = self.obj.maps["capture_lost"]
-                counters["capture"] = lambda: capture_lost.sum_percpu_u64() + self.lost_capture_orphans
+                counters["capture"] = capture_lost.sum_percpu_u64
             self._losses = Losses(self.obj, self.rb, counters)
             self._epoch_ns = epoch_ns()
         except BaseException:
@@ -261,11 +260,12 @@ class TcpSnoop:
         size = hdr.struct.size
         unpack = hdr.struct.unpack_from
         caps = self._captures
-        if len(caps) > 4 * READ_BATCH:
-            # captures whose record was lost (ring full): their id will never be asked for
-            for cid in sorted(caps)[:len(caps) - 2 * READ_BATCH]:
+        bound = 2 * (self.ringbuf_size // self._record.size) + READ_BATCH
+        if len(caps) > bound:
+            # Captures whose record the kernel could not reserve (counted as "ringbuf" already): their id is
+            # never asked for. Past twice the records the ring can hold, the oldest are of that kind.
+            for cid in sorted(caps, key=lambda c: c >> 16)[:len(caps) - bound // 2]:
                 del caps[cid]
-                self.lost_capture_orphans += 1
         for raw in self.captures_rb.read_raw():
             cid, skb, length, caplen, ifindex, netns, dev_type, link_hlen, d, ifname = unpack(raw)
             caps[cid] = Capture(skb, length, ifindex, netns, dev_type, link_hlen, d,
