@@ -17,10 +17,12 @@ that were written; packets of other files give one line each with no process (pi
 import re
 import socket
 import struct
+import sys
 import time
 from collections import OrderedDict, deque
 
 from ...toolkit import pcapng
+from ...toolkit.losses import describe_losses
 from .tracer import Conn
 
 ARPHRD_LOOPBACK = 772
@@ -201,11 +203,8 @@ class PcapngWriter:
                       pcapng.DIR_INBOUND if first[2] == "in" else pcapng.DIR_OUTBOUND, [label])
 
     def lost(self, count, reasons):
-        from ...toolkit.losses import describe_losses
-
         self.lost_total += count
         text = describe_losses(reasons, self.loss_text) if self.loss_text else describe_losses(reasons)
-        import sys
         sys.stderr.write(f"pytracer: {count} events lost ({text})\n")
         sys.stderr.flush()
         if self.w is not None:
@@ -225,7 +224,9 @@ class PcapngWriter:
             return
         self._flush(float("inf"))
         self.w.statistics(self._loss_iface(), time.time_ns(), ifdrop=self.lost_total, start_ns=self.start_ns,
-                          comment="pytracer: end of capture, %d lost" % self.lost_total)
+                          comment="pytracer: end of capture, %d lost%s" % (
+                              self.lost_total, "; %d loopback ends came too late for their packet's label"
+                              % self.late_ends if self.late_ends else ""))
         self.out.flush()
         self.w = None
         if self.owns_out:
