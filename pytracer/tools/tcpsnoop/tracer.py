@@ -213,6 +213,7 @@ class TcpSnoop:
                 counters["capture"] = capture_lost.sum_percpu_u64
             self._losses = Losses(self.obj, self.rb, counters)
             self._epoch_ns = epoch_ns()
+            self._epoch_at = time.monotonic()
         except BaseException:
             self.close()
             raise
@@ -247,6 +248,10 @@ class TcpSnoop:
         """Wait up to `timeout` seconds, then return the lines of every record read (maybe none)."""
         out = []
         if self.rb.poll(timeout):
+            now = time.monotonic()
+            if now - self._epoch_at > 1.0:
+                # the wall clock moves against CLOCK_MONOTONIC (NTP, settimeofday, a suspend): follow it
+                self._epoch_ns, self._epoch_at = epoch_ns(), now
             records = self.rb.read(self._record, READ_BATCH)
             if self.captures_rb is not None:
                 self._read_captures()
