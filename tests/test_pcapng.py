@@ -468,3 +468,22 @@ def test_reader_never_fails_with_a_traceback(tmp):
     for i in range(len(good)):
         for v in (0x00, 0xFF, good[i] ^ 0x80):
             read_all(good[:i] + bytes([v]) + good[i + 1:])
+
+
+def test_foreign_comments_are_no_labels(tmp):
+    """A comment that looks like pytracer's label but is not (someone's note) leaves the packet unlabelled;
+    an ISB comment that looks like an event but is not is ignored. (No kernel.)"""
+    from pytracer.tools.tcpsnoop.pcap import read_lines
+
+    frame = _synthetic_lines("x")[0][7].data
+    path = os.path.join(tmp, "f.pcapng")
+    with open(path, "wb") as f:
+        w = pcapng.Writer(f)
+        i = w.add_interface(pcapng.LINKTYPE_ETHERNET, 0, "eth0")
+        w.packet(i, 10 ** 18, frame, len(frame), pcapng.DIR_OUTBOUND, ["pid=me comm=notes"])
+        w.statistics(i, 10 ** 18, comment="pytracer-event pid=?? lport=x")
+    with open(path, "rb") as f:
+        lines = list(read_lines(path, f))
+    assert len(lines) == 1
+    ts, event, d, conn = lines[0][:4]
+    assert (event, d, conn.pid, conn.comm, conn.lport, conn.rport) == ("connect", "out", None, "", 40000, 8080)

@@ -178,9 +178,10 @@ class PcapngWriter:
         line = b.lines[0]
         if b.cap is None:
             ts, event, d, conn, size, payload, close, _ = line
-            text = "%s%s family=%d laddr=%s lport=%d raddr=%s rport=%d" % (
+            # ts: the line's time exactly (the block's nanoseconds would not give back the same float)
+            text = "%s%s family=%d laddr=%s lport=%d raddr=%s rport=%d ts=%r" % (
                 EVENT_PREFIX, end_label(event, d, conn), conn.family, conn.laddr, conn.lport, conn.raddr,
-                conn.rport)
+                conn.rport, ts)
             if close is not None:
                 tx, rx, dur = close
                 text += " tx_bytes=%d rx_bytes=%d duration_ms=%s" % (tx, rx, "-" if dur is None else repr(dur))
@@ -298,7 +299,11 @@ def read_lines(path, f, on_loss=None):
         if isinstance(item, pcapng.Statistics):
             for c in item.comments:
                 if c.startswith(EVENT_PREFIX):
-                    yield _event_line(item.ts_ns, _fields(c[len(EVENT_PREFIX):]))
+                    try:
+                        line = _event_line(item.ts_ns, _fields(c[len(EVENT_PREFIX):]))
+                    except ValueError:
+                        continue        # not a label pytracer wrote: nothing to print
+                    yield line
             if item.ifdrop and on_loss is not None and any(c.startswith("pytracer: end") for c in item.comments):
                 on_loss(item.ifdrop)
             continue
@@ -313,23 +318,35 @@ def read_lines(path, f, on_loss=None):
         size, payload = ip_len + 14, max(0, ip_len - hdr_len)
         label = next((c for c in item.comments if c.startswith(LABEL_PREFIX)), None)
         netns = _netns_of(item.interface)
-        if label is None:
+        ends = None
+        if label is not None:
+            try:
+                ends = _labelled(label, item, p, size, payload, netns)
+            except ValueError:
+                ends = None     # a comment that only looks like pytracer's label: a packet without one
+        if ends is not None:
+            yield from ends
+        else:
             d = "in" if item.direction == pcapng.DIR_INBOUND else "out"
             loc = (dst, dport, src, sport) if d == "in" else (src, sport, dst, dport)
             c = Conn(0, None, None, "", fam, loc[0], loc[1], loc[2], loc[3], netns or 0)
             yield (item.ts_ns / 1e9, _unlabelled_event(flags, d), d, c, size, payload, None, None)
-            continue
-        ends = []
-        for n, text in enumerate(label.split(" | peer ")):
-            f = _fields(text)
-            d = f.get("dir", "out")
-            loc = (dst, dport, src, sport) if d == "in" else (src, sport, dst, dport)
-            c = _conn(f, fam, *loc, netns=netns)
-            ts_ns = item.ts_ns + (int(f.get("dt_ns", 0)) if n else 0)
-            ends.append((ts_ns / 1e9, f.get("event", "send"), d, c, size, payload, None, None))
-        if len(ends) == 2 and ends[1][0] < ends[0][0]:
-            ends.reverse()      # the sending end's line first, as pytracer printed them
-        yield from ends
+
+
+def _labelled(label, item, p, size, payload, netns):
+    """The lines of a packet's label (ValueError if it is not one pytracer wrote)."""
+    fam, src, dst, sport, dport = p[:5]
+    ends = []
+    for n, text in enumerate(label.split(" | peer ")):
+        f = _fields(text)
+        d = f.get("dir", "out")
+        loc = (dst, dport, src, sport) if d == "in" else (src, sport, dst, dport)
+        c = _conn(f, fam, *loc, netns=netns)
+        ts_ns = item.ts_ns + (int(f.get("dt_ns", 0)) if n else 0)
+        ends.append((ts_ns / 1e9, f.get("event", "send"), d, c, size, payload, None, None))
+    if len(ends) == 2 and ends[1][0] < ends[0][0]:
+        ends.reverse()      # the sending end's line first, as pytracer printed them
+    return ends
 
 
 def _netns_of(iface):
@@ -344,4 +361,5 @@ def _event_line(ts_ns, f):
     if f.get("event") == "close":
         dur = f.get("duration_ms", "-")
         close = (int(f.get("tx_bytes", 0)), int(f.get("rx_bytes", 0)), None if dur == "-" else float(dur))
-    return (ts_ns / 1e9, f.get("event", "close"), f.get("dir", "out"), c, 0, 0, close, None)
+    ts = float(f["ts"]) if "ts" in f else ts_ns / 1e9
+    return (ts, f.get("event", "close"), f.get("dir", "out"), c, 0, 0, close, None)
