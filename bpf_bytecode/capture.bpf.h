@@ -51,7 +51,6 @@ struct net_device___cap {
 	char name[16];
 	int ifindex;
 	unsigned short type;
-	unsigned short hard_header_len;
 } __attribute__((preserve_access_index));
 
 /* Where a packet's capture starts, noted by the tx/rx hook for emit() to copy. */

@@ -252,7 +252,11 @@ def _wait_listening(host, port, timeout=20):
     pytest.fail(f"nothing listens on {host} port {port}")
 
 
-def test_veth_between_namespaces_shows_both_interfaces(no_leaks, tools, tmp, netns_pair):
+VETH_SERVER = {4: ("169.254.77.1", "169.254.77.2"), 6: ("fd77::1", "fd77::2")}    # netns_pair's addresses
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_veth_between_namespaces_shows_both_interfaces(no_leaks, tools, tmp, netns_pair, family):
     """Server in namespace A, client in B: each packet is on B's veth end (sent) and on A's (received), one
     interface description each, with its namespace; each interface's packets are those tcpdump sees there."""
     a, b = netns_pair
@@ -264,8 +268,9 @@ def test_veth_between_namespaces_shows_both_interfaces(no_leaks, tools, tmp, net
         dumps = [Tcpdump(tools["tcpdump"], f"va{tag}", os.path.join(tmp, "a.pcap"), f"tcp port {port}", netns=a),
                  Tcpdump(tools["tcpdump"], f"vb{tag}", os.path.join(tmp, "b.pcap"), f"tcp port {port}", netns=b)]
         tracer = Pytracer("-P", str(port), "-w", out, path=out).wait_ready()
-        s = traffic.server("tsrv", "4", "169.254.77.1", 5000, 30000, netns=a, port=port)
-        c = traffic.client("tcli", "4", "169.254.77.1", s.port, 5000, 30000, netns=b)
+        srv_addr = VETH_SERVER[family][0]
+        s = traffic.server("tsrv", str(family), srv_addr, 5000, 30000, netns=a, port=port)
+        c = traffic.client("tcli", str(family), srv_addr, s.port, 5000, 30000, netns=b)
         c.go()
         c.wait()
         s.wait()
@@ -287,7 +292,7 @@ def test_veth_between_namespaces_shows_both_interfaces(no_leaks, tools, tmp, net
         assert len(mine) == len(theirs) and per_connection(mine) == per_connection(theirs), name
         # direction: B's end sends what the client sends, A's end receives it
         for _, pkt, p in mine:
-            client_sent = p[1] == "169.254.77.2"
+            client_sent = p[1] == VETH_SERVER[family][1]
             want = pcapng.DIR_OUTBOUND if (name == f"vb{tag}") == client_sent else pcapng.DIR_INBOUND
             assert pkt.direction == want
             assert " | peer " not in pkt.comments[0]       # over veth each end is its own packet
