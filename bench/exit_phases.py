@@ -5,9 +5,10 @@ time.monotonic(): comparable with the parent's) and durations:
 
   t_signal            SIGINT arrives (our handler: records the time, then does what Python's does)
   t_close0, t_close1  BPFObject.close() entered / returned
-  t_atexit            the interpreter runs its atexit handlers (after main returned, before teardown)
+  t_atexit            pytracer's main calls os._exit (everything closed, output flushed)
   fds                 every fd BPFObject.close() closed: what it was (/proc/self/fd link target, link
-                      description), its close() in ms, in order
+                      description), its close() in ms, in order; links handed to the releasing child
+                      (attach.release_in_background) as one entry each, "handed over"
   groups              ms per kind: links (each fd of each Link), ring buffers, programs, maps
 """
 import atexit
@@ -42,8 +43,13 @@ def _group(label, fn):
 def install():
     from pytracer import attach, loader, maps, program, ringbuf
 
-    def link_close(self):
+    real_link_close = attach.Link.close
+
+    def link_close(self, keep_slow=None):
         t = time.monotonic()
+        if keep_slow is not None and self.slow_fds:
+            rec["fds"].append({"link": self.description, "fd": "handed over", "ms": 0.0})
+            return real_link_close(self, keep_slow)
         while self.fds:
             fd = self.fds.pop()
             what = _kind(fd)
@@ -61,12 +67,12 @@ def install():
     maps.Map.close = _group("maps", maps.Map.close)
     real_close = loader.BPFObject.close
 
-    def obj_close(self):
+    def obj_close(self, background=False):
         first = "t_close0" not in rec and bool(self.links)
         if first:
             rec["t_close0"] = time.monotonic()
         try:
-            return real_close(self)
+            return real_close(self, background)
         finally:
             if first:
                 rec["t_close1"] = time.monotonic()
@@ -79,13 +85,23 @@ def install():
 
     signal.signal(signal.SIGINT, on_int)
 
-    @atexit.register
+    main_pid, real_exit = os.getpid(), os._exit
+
     def done():
+        if os.getpid() != main_pid or "t_atexit" in rec:
+            return                      # the releasing child's own exit, or written already
         rec["t_atexit"] = time.monotonic()
         out = os.environ.get("EXIT_PHASES_OUT")
         if out:
             with open(out, "w") as f:
                 json.dump(rec, f)
+
+    def exiting(status):
+        done()
+        real_exit(status)
+
+    os._exit = exiting
+    atexit.register(done)
 
 
 if __name__ == "__main__":

@@ -459,15 +459,16 @@ def exit_section(ex):
     b = ex.get("breakdown_ms") or {}
     rows = [["**`python -m pytracer`, SIGINT → reaped**",
              f"**{f(ex.get('median_ms'), '{:.1f}')}** ({f(ex.get('min_ms'), '{:.0f}')}–{f(ex.get('max_ms'), '{:.0f}')}, "
-             f"{len(ex.get('runs_ms') or [])} runs)"]]
+             f"{len(ex.get('runs_ms') or [])} runs)"],
+            ["SIGINT → its programs gone from the kernel (the releasing child done)",
+             f"{f(ex.get('released_median_ms'), '{:.1f}')} (max {f(ex.get('released_max_ms'), '{:.0f}')})"]]
     for k, v in b.items():
         rows.append([("↳ " + k.strip()) if k.startswith("  ") else k, f(v, "{:.1f}")])
     out.append(table(["part", "ms (median)"], rows))
     cl = ex.get("classic_link_close_ms")
     if cl:
-        out.append(f"\nThe {cl['count']} classic tracepoints (syscalls:*): closing each one's BPF perf link took "
-                   f"{cl['median_each']:.1f} ms (median; {cl['min_each']:.1f}–{cl['max_each']:.1f}), one after "
-                   "the other; closing the perf event itself afterwards is cheap. Per fd (median ms): " +
+        out.append(f"\nThe {cl['count']} classic tracepoint links closed in the process: each took "
+                   f"{cl['median_each']:.1f} ms (median; {cl['min_each']:.1f}–{cl['max_each']:.1f}). Per fd (median ms): " +
                    ", ".join(f"{k} {v:.2f}" for k, v in (ex.get("per_fd_ms") or {}).items() if v >= 1) + ".")
     ks = ex.get("kernel_stacks") or {}
     if ks.get("top"):
@@ -476,7 +477,10 @@ def exit_section(ex):
         out.append(table(["share", "stack (innermost first)"],
                          [[f(t["share"] * 100, "{:.0f}%"), f"`{t['stack']}`"] for t in ks["top"]]))
     out.append("\nMeasured by `bench/startup.py` (exit_times): pytracer started with a warm cache, idle for 0.3 s "
-               "once it waits for events, then SIGINT; time from kill() to wait4() returning, from outside. "
+               "once it waits for events, then SIGINT; time from kill() to wait4() returning, from outside, and "
+               "until none of its programs is left in the kernel: detaching from the syscall tracepoints waits for "
+               "RCU-tasks-trace grace periods (Linux 6.13+), which a short-lived child of pytracer's does after it "
+               "has exited (`attach.release_in_background`). "
                "The breakdown is the median of as many runs alternated with those, of `bench/exit_phases.py` "
                "(pytracer's own main, with `BPFObject.close()` and each fd it closes timed from outside; "
                "CLOCK_MONOTONIC timestamps shared with the parent). Indented rows are parts of "

@@ -2,6 +2,7 @@
 older ioctl), and BTF-typed / raw tracepoints (BPF_RAW_TRACEPOINT_OPEN)."""
 import errno
 import os
+import threading
 
 from . import abi, features, syscall, uapi
 from .errors import AttachError, KernelFeatureError, PytracerError
@@ -58,19 +59,77 @@ def tracepoint_id(target):
 
 
 class Link:
-    """An attachment. Closing it detaches the program (every fd it holds is released)."""
+    """An attachment. Closing it detaches the program (every fd it holds is released, last opened first).
 
-    def __init__(self, description, fds):
+    `slow_fds` are the perf events of classic tracepoints. Detaching a program from one waits for the
+    tracepoint's running callers (an RCU grace period; an RCU-tasks-trace one on the faultable syscall
+    tracepoints of Linux 6.13+, 25-70 ms each, one after the other), which is why such a link can be left
+    to another process (see `release_in_background`)."""
+
+    def __init__(self, description, fds, slow_fds=()):
         self.description = description
         self.fds = list(fds)
+        self.slow_fds = set(slow_fds)
 
-    def close(self):
+    def close(self, keep_slow=None):
+        """Close every fd; or, given a list `keep_slow` and a link with slow fds, move all its fds there."""
+        if keep_slow is not None and self.slow_fds:
+            keep_slow.extend(reversed(self.fds))
+            self.fds.clear()
         while self.fds:
             fd = self.fds.pop()
             try:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def release_in_background(fds):
+    """Close `fds` in a short-lived grandchild process instead of waiting here: for a
+    command's exit, whose process is then gone as soon as it has dropped its own references. The grandchild
+    starts only once this process and the intermediate child have dropped theirs (the end of a pipe tells
+    it), so that the last reference, the one that waits, is its own; it holds nothing else (not stdout: a
+    reader of the pipe sees its end at once), leaves the terminal's process group (a second Ctrl-C is not
+    for it) and is reaped by init. Where fork fails, the fds are closed here."""
+    if not fds:
+        return
+    try:
+        r, w = os.pipe()
+        pid = os.fork()
+    except OSError:
+        _close_all(fds)
+        return
+    if pid == 0:
+        try:
+            if os.fork() == 0:
+                os.setsid()
+                low = 0
+                for fd in sorted(set(fds) | {r}):
+                    os.closerange(low, fd)
+                    low = fd + 1
+                os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+                os.read(r, 1)           # end of file: every other copy is gone
+                os.close(r)
+                # at once, not one after the other: concurrent detaches share grace periods
+                closers = [threading.Thread(target=_close_all, args=([fd],)) for fd in fds]
+                for t in closers:
+                    t.start()
+                for t in closers:
+                    t.join()
+        finally:
+            os._exit(0)
+    os.close(r)
+    _close_all(fds)
+    os.close(w)
+    os.waitpid(pid, 0)
+
+
+def _close_all(fds):
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 _perf_link_supported = None
@@ -94,7 +153,7 @@ def attach_tracepoint(program, target):
                 lfd = bpf(abi.Cmd.LINK_CREATE, uapi.ATTR_LINK_CREATE.pack(
                     upto="flags", prog_fd=program.fd, target_fd=pfd, attach_type=abi.AttachType.PERF_EVENT))
                 _perf_link_supported = True
-                return Link(f"tracepoint {target}", [pfd, lfd])
+                return Link(f"tracepoint {target}", [pfd, lfd], slow_fds=[pfd])
             except OSError as e:
                 if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, abi.ENOTSUPP):
                     raise
@@ -103,7 +162,7 @@ def attach_tracepoint(program, target):
                               "attached with the perf ioctl instead")
         ioctl(pfd, abi.PERF_EVENT_IOC_SET_BPF, program.fd)
         ioctl(pfd, abi.PERF_EVENT_IOC_ENABLE, 0)
-        return Link(f"tracepoint {target}", [pfd])
+        return Link(f"tracepoint {target}", [pfd], slow_fds=[pfd])
     except OSError as e:
         os.close(pfd)
         if e.errno in (errno.EPERM, errno.EACCES):

@@ -4,12 +4,21 @@ What is cached depends only on the object file, the running kernel and pytracer 
 bytecode that root will load: the directory must be owned by root (or by us) and writable by nobody else,
 all the way up, or it is refused.  Entries are written atomically with mode 0600.
 """
-import hashlib
 import json
 import os
 import stat
 
 from .errors import CacheError, warn
+
+# The interpreter's own SHA-256 when it has one: hashlib's loads OpenSSL's libcrypto, 3.4 MB of resident
+# memory for two hashes at start-up.
+try:
+    from _sha2 import sha256            # Python 3.12+
+except ImportError:
+    try:
+        from _sha256 import sha256      # 3.9 - 3.11
+    except ImportError:
+        from hashlib import sha256
 
 DEFAULT_DIR = "/var/cache/pytracer"
 FORMAT = 2          # 2: MapSpec without BTF key/value type ids
@@ -34,7 +43,7 @@ def kernel_identity():
 def key_for(object_bytes, extra=""):
     from . import __version__
 
-    h = hashlib.sha256()
+    h = sha256()
     for part in (str(FORMAT), __version__, kernel_identity(), extra):
         h.update(part.encode() + b"\0")
     h.update(object_bytes)
@@ -43,7 +52,7 @@ def key_for(object_bytes, extra=""):
 
 def derived_key(key, what):
     """The key of something derived from the object `key` names (a record layout, an enum)."""
-    return hashlib.sha256(f"{key}\0{what}".encode()).hexdigest()
+    return sha256(f"{key}\0{what}".encode()).hexdigest()
 
 
 def check_safe(path):

@@ -208,11 +208,20 @@ class BPFObject:
         return rb
 
     # -- lifetime ----------------------------------------------------------------------------------------
-    def close(self) -> None:
-        """Release everything, links first (so programs stop firing), then ring buffers, programs, maps."""
-        for group in (self.links, self._ringbufs):
-            while group:
-                group.pop().close()
+    def close(self, background: bool = False) -> None:
+        """Release everything, links first (so programs stop firing), then ring buffers, programs, maps.
+        With `background`, for a process about to exit: what only waits for the kernel's housekeeping once
+        every program is detached (classic tracepoints' perf events, see attach.Link) is closed by a
+        short-lived process of its own instead of delaying this one's exit."""
+        slow: list | None = [] if background else None
+        while self.links:
+            link = self.links.pop()
+            if isinstance(link, attach_mod.Link):
+                link.close(keep_slow=slow)
+            else:
+                link.close()            # an iterator's link: never slow
+        while self._ringbufs:
+            self._ringbufs.pop().close()
         for table in (self.programs, self.maps):
             for obj in table.values():
                 obj.close()
@@ -220,6 +229,8 @@ class BPFObject:
         if self.btf_fd >= 0:
             os.close(self.btf_fd)
             self.btf_fd = -1
+        if slow:
+            attach_mod.release_in_background(slow)
 
     def __enter__(self):
         return self

@@ -1,7 +1,9 @@
 """BPF ring buffer reader (kernel Documentation/bpf/ringbuf.rst).
 
 Layout: page 0 (read-write) holds consumer_pos; from page 1 (read-only) come producer_pos's page and then
-the data area mapped twice in a row, so a record that wraps around the end is still contiguous for us.
+the data area. The kernel offers the data area twice in a row, so that a record wrapping around the end is
+contiguous; we map it once (a second mapping would count its pages twice in our resident memory) and join
+the two parts of the rare wrapping record ourselves.
 Every record starts with an 8-byte header (u32 len with BUSY/DISCARD bits, u32 page offset) and is padded
 to 8 bytes. Positions only grow; the data index is pos & (size - 1).
 
@@ -40,7 +42,7 @@ class RingBuffer:
         self._epoll = None
         try:
             self._cons_map = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-            self._prod_map = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+            self._prod_map = mmap.mmap(map_fd, page + size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
             self._epoll = select.epoll(1)
             self._epoll.register(map_fd, select.EPOLLIN)
         except OSError as e:
@@ -49,10 +51,10 @@ class RingBuffer:
         self._use_memory(self._cons_map, self._prod_map)
 
     def _use_memory(self, cons, prod):
-        """Read the consumer page `cons` and the producer page + doubled data area `prod` (the mmaps, or plain
+        """Read the consumer page `cons` and the producer page + data area `prod` (the mmaps, or plain
         buffers laid out alike in tests)."""
         self._prod = memoryview(prod)
-        self._data = self._prod[mmap.PAGESIZE:]
+        self._data = self._prod[mmap.PAGESIZE:mmap.PAGESIZE + self.size]
         self._cons_view = memoryview(cons)
         # single aligned 64-bit loads and stores (see the module docstring); headers as 32-bit words
         self._cons_pos = self._cons_view[:8].cast("Q")
@@ -95,12 +97,12 @@ class RingBuffer:
         if fixed is None:
             fixed = struct.Struct("<8x" + record.format.lstrip("<=@!>") + "x" * (stride - HDR - size))
             self._fixed[record.format] = fixed
-        data, mask = self._data, self.mask
+        data, mask, ring = self._data, self.mask, self.size
         cons = self._consumer()
         prod = self._producer()
         while cons < prod and len(out) < limit:
             off = cons & mask
-            avail = min(prod - cons, self.size, (limit - len(out)) * stride)
+            avail = min(prod - cons, ring - off, (limit - len(out)) * stride)   # up to the area's end
             n = avail // stride
             if n:
                 # How many leading headers are committed, not discarded, and of our length? Checked in C
@@ -118,13 +120,22 @@ class RingBuffer:
                 break
             length = hdr & ~(BUSY | DISCARD)
             if not hdr & DISCARD:
-                if length == size:
+                if length != size:
+                    self.malformed += 1
+                elif off + HDR + size <= ring:
                     out.append(record.unpack_from(data, off + HDR))
                 else:
-                    self.malformed += 1
+                    out.append(record.unpack(self._wrapped(off + HDR, size)))
             cons += (length + HDR + 7) & ~7
         self._cons_pos[0] = cons
         return out
+
+    def _wrapped(self, start, length):
+        """`length` bytes from data offset `start`, continued from the area's beginning past its end. (A
+        header never wraps: records are 8-byte aligned in an area of whole pages.)"""
+        start &= self.mask
+        first = min(length, self.size - start)
+        return bytes(self._data[start:start + first]) + bytes(self._data[:length - first])
 
     def read_raw(self, limit: int = 1 << 30) -> list[bytes]:
         """Drain committed records as bytes (any length)."""
@@ -139,7 +150,7 @@ class RingBuffer:
                 break
             length = hdr & ~(BUSY | DISCARD)
             if not hdr & DISCARD:
-                out.append(bytes(data[off + HDR:off + HDR + length]))
+                out.append(self._wrapped(off + HDR, length))
             cons += (length + HDR + 7) & ~7
         self._cons_pos[0] = cons
         return out

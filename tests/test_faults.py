@@ -182,6 +182,44 @@ def test_signal_ends_quietly_and_reports_what_it_read(kernel, tmp_path, sig):
     assert_nothing_left(t.ids, before, signal.Signals(sig).name)
 
 
+def _holders_of(link_ids, exclude):
+    """{pid: [fd link targets]} of the processes (other than `exclude`) that hold any of `link_ids`."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == exclude:
+            continue
+        if kernel_view.fdinfo_ids(int(name))["link"] & link_ids:
+            try:
+                out[int(name)] = sorted(os.readlink(f"/proc/{name}/fd/{fd}") for fd in os.listdir(f"/proc/{name}/fd"))
+            except OSError:
+                pass
+    return out
+
+
+def test_exit_leaves_only_the_detaching_to_a_child(kernel, tmp_path):
+    """The process exits at once after SIGINT: detaching from classic (syscall) tracepoints waits for RCU
+    grace periods, so those links go to a short-lived grandchild. It holds only links and perf events (no
+    stdout: a pipe reader sees its end when pytracer exits), is in a session of its own, and everything is
+    gone from the kernel soon after."""
+    before = kernel_view.kernel_snapshot()
+    p = subprocess.Popen(pytracer_cmd("-P", "1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL, env=run_env())
+    try:
+        ids = kernel_view.wait_attached(p, 60)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=20)      # returns at the pipes' end of file: no child holds them
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, err
+    assert b"Traceback" not in err
+    for pid, targets in _holders_of(ids["link"], p.pid).items():
+        assert os.getsid(pid) == pid, targets
+        assert set(targets) <= {"anon_inode:bpf_link", "anon_inode:[perf_event]"}, targets
+    assert_nothing_left(ids, before, "exit")
+
+
 def test_sigterm_while_starting(kernel, tmp_path):
     """SIGTERM during start-up (loading, relocating, attaching) also ends in status 0 with nothing left.
 

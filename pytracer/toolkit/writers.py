@@ -12,7 +12,9 @@ class Writer:
     """Base of an output format: `header()`, `write(lines)`, `lost(count, reasons)`; subclasses define
     `render(conn)` (the text reused for every line of that connection) and `write`."""
 
-    MAX_CACHED = 65536
+    # Rendered text of the connections seen lately; a close line drops its connection's (`forget`), so
+    # this holds what is open, and at most MAX_CACHED of that (~1 KB each with the connection).
+    MAX_CACHED = 4096
     loss_text = LOSS_TEXT       # a tool's wording of its loss reasons (see losses.py)
 
     def __init__(self, out):
@@ -26,6 +28,10 @@ class Writer:
                 self._conn_text.clear()
             text = self._conn_text[conn] = self.render(conn)
         return text
+
+    def forget(self, conn):
+        """The connection is closed: its text is not needed again (if it is, it is rendered again)."""
+        self._conn_text.pop(conn, None)
 
     def render(self, conn):
         raise NotImplementedError

@@ -915,7 +915,7 @@ def target_records(values_list, by_owner=False):
 
 def simulated_ring(size, records, producer_gap=0):
     """A RingBuffer whose 'mapped memory' is plain Python buffers: `records` is a list of (header, payload)
-    written consecutively from position 0; the data area is doubled as the kernel maps it."""
+    written consecutively from position 0, wrapping around the data area's end as in the kernel."""
     from pytracer.ringbuf import RingBuffer
 
     area = bytearray(size)
@@ -927,7 +927,7 @@ def simulated_ring(size, records, producer_gap=0):
             area[(pos + i) % size] = byte
         pos += len(chunk)
     page = mmap.PAGESIZE
-    prod = bytearray(page) + area + area
+    prod = bytearray(page) + area
     struct.pack_into("<Q", prod, 0, pos + producer_gap)
     rb = RingBuffer.__new__(RingBuffer)
     rb.size, rb.mask = size, size - 1

@@ -98,6 +98,7 @@ class ClassicWriter(TextWriter):
                 tx, rx, dur = close
                 parts.append("%s    -%s close tx=%d rx=%d ms=%s\n" % (
                     close_pre, suffix, tx, rx, "-" if dur is None else "%.3f" % dur))
+                self.forget(conn)
         self.emit(parts)
 
 
@@ -122,6 +123,7 @@ class JsonWriter(JsonLinesWriter):
                 parts.append('{"ts": %.6f, "event": "close", "dir": "%s"%s, "size": 0, "payload": 0, '
                              '"tx_bytes": %d, "rx_bytes": %d, "duration_ms": %s}\n'
                              % (ts, d, rendered(conn), tx, rx, "null" if dur is None else "%.3f" % dur))
+                self.forget(conn)
         self.emit(parts)
 
 

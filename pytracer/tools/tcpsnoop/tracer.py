@@ -39,7 +39,7 @@ PENDING_MAX_PER_SOCKET = 256
 LINE_FIELDS = ("ts", "event", "dir", "pid", "uid", "comm", "family", "laddr", "lport", "raddr", "rport",
                "size", "payload", "netns", "tx_bytes", "rx_bytes", "duration_ms")
 CONN_FIELDS = ("pid", "uid", "comm", "family", "laddr", "lport", "raddr", "rport", "netns")
-MAX_CONNS = 16384
+MAX_CONNS = 4096
 SEED_ITERATORS = ("seed_owners", "seed_sockets")
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 # The record (bpf_bytecode/tcpsnoop.h) and its constants are read from the object's BTF. convert() unpacks
@@ -387,6 +387,7 @@ class TcpSnoop:
                     self._flush(conn.key, conn, out)
                 dur = (ts_ns - start_ns) / 1e6 if start_ns else None
                 out.append((ts, "close", "out", conn, 0, 0, (tx, rx, dur), None))
+                del conns[ident]        # what is open stays cached, not everything ever seen
             elif etype == k.EV_RESET_CLOSED_PORT:
                 held = pending.pop(conn.key, None)
                 if held:   # the SYN(s) this RST answers
