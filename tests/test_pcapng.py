@@ -63,7 +63,7 @@ class Pytracer:
         self.p = subprocess.Popen([sys.executable, "-m", "pytracer", *args], cwd=ROOT, stdout=stdout,
                                   stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
-    def wait_ready(self, timeout=30):
+    def wait_ready(self, timeout=180):       # a first start under qemu TCG takes a while
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.p.poll() is not None:

@@ -6,8 +6,8 @@ kernel reports one packet twice, sent and received, on two sockets: the two line
 labelled with both ends (the receiving end first: `tcpdump -i lo` sees loopback packets as received).
 The pair is found by the skb's address and identical bytes; a line waits for its partner at most
 PAIR_WAIT_S (its partner may be held by the tracer until a connection's owner is known, e.g. a SYN until
-accept()), and blocks are written in the order of their first line, so that no packet of a connection
-overtakes another. Lines that are no packet (close, the size-0 accept line of a handshake older than
+accept()). Blocks are written in the order of their timestamps (on loopback the receiving end's, where a
+capture on `lo` sees the packet): a block waiting for its other end holds back every block after it in time. Lines that are no packet (close, the size-0 accept line of a handshake older than
 pytracer) go into the comment of an Interface Statistics Block, the one block pcapng readers do not
 count as a frame. The label format is documented in README ("pcapng") and parsed back by `read_lines`.
 
@@ -19,7 +19,8 @@ import socket
 import struct
 import sys
 import time
-from collections import OrderedDict, deque
+import heapq
+from collections import OrderedDict
 
 from ...toolkit import pcapng
 from ...toolkit.losses import describe_losses
@@ -72,7 +73,9 @@ class PcapngWriter:
         self.w = None
         self.ifaces = {}            # (netns, ifindex, name, linktype) -> interface id
         self.conn_iface = OrderedDict()     # Conn.key -> interface id of its last packet
-        self.queue = deque()        # _Block, in the order of their first line
+        self.heap = []              # (timestamp ns, n, _Block) of the blocks ready to be written
+        self.n = 0
+        self.waiting = OrderedDict()    # loopback _Block waiting for its other end -> None
         self.open = {}              # (netns, skb) -> [loopback _Block waiting for its other end]
         self.lost_total = 0
         self.newest = 0.0           # the latest line's time seen
@@ -98,7 +101,7 @@ class PcapngWriter:
             cap = line[7]
             if cap is None:
                 if line[6] is not None or line[4] == 0:     # close, or the accept line of an old handshake
-                    self.queue.append(_Block(line, None, True))
+                    self._ready(_Block(line, None, True), round(line[0] * 1e9))
                 # else: a packet whose bytes were lost (counted by the tracer as a "capture" loss)
                 continue
             if cap.dev_type == ARPHRD_LOOPBACK:
@@ -114,6 +117,10 @@ class PcapngWriter:
                         waiting.remove(b)
                         if not waiting:
                             del self.open[key]
+                        del self.waiting[b]
+                        # the receiving end's time: when a capture on lo sees it
+                        rx = line if line[2] == "in" else b.lines[0]
+                        self._ready(b, rx[7].ts_ns)
                         continue
                 late = self.alone.pop((key, cap.data), None)
                 if late is not None and late != line[2]:
@@ -123,9 +130,9 @@ class PcapngWriter:
                     continue
                 b = _Block(line, cap, False)
                 self.open.setdefault(key, []).append(b)
-                self.queue.append(b)
+                self.waiting[b] = None
             else:
-                self.queue.append(_Block(line, cap, True))
+                self._ready(_Block(line, cap, True), cap.ts_ns)
         # waited long enough: by the records' own clock (a reader running behind must not give up on a
         # partner that is still in the ring buffer)
         self._flush(self.newest - PAIR_WAIT_S)
@@ -134,26 +141,35 @@ class PcapngWriter:
     def idle(self):
         """No lines for a while (the read loop's tick; the ring buffer is empty): what waited long enough by
         the wall clock goes out."""
-        if self.queue:
+        if self.heap or self.waiting:
             self._flush(time.time() - PAIR_WAIT_S)
             self.out.flush()
 
+    def _ready(self, b, ts_ns):
+        self.n += 1
+        heapq.heappush(self.heap, (ts_ns, self.n, b))
+
     def _flush(self, older_than):
-        """Write the blocks at the head of the queue that are complete, or waited long enough."""
-        q = self.queue
-        while q and (q[0].ready or q[0].first_ts < older_than):
-            b = q.popleft()
-            if not b.ready and b.cap is not None:
-                key = (b.cap.netns, b.cap.skb)
-                waiting = self.open.get(key)
-                if waiting and b in waiting:
-                    waiting.remove(b)
-                    if not waiting:
-                        del self.open[key]
-                if len(self.alone) >= 4096:
-                    self.alone.popitem(last=False)
-                self.alone[(key, b.cap.data)] = b.lines[0][2]
-            self._write_block(b)
+        """Give up waiting for the other end of blocks older than `older_than` (seconds), then write the
+        ready blocks, in time order, up to the oldest block still waiting (its packet's time is not before
+        its first end's)."""
+        for b in [b for b in self.waiting if b.first_ts < older_than]:
+            del self.waiting[b]
+            key = (b.cap.netns, b.cap.skb)
+            waiting = self.open.get(key)
+            if waiting and b in waiting:
+                waiting.remove(b)
+                if not waiting:
+                    del self.open[key]
+            if len(self.alone) >= 4096:
+                self.alone.popitem(last=False)
+            self.alone[(key, b.cap.data)] = b.lines[0][2]
+            b.ready = True
+            self._ready(b, b.cap.ts_ns)
+        mark = min(b.cap.ts_ns for b in self.waiting) if self.waiting else None
+        heap = self.heap
+        while heap and (mark is None or heap[0][0] <= mark):
+            self._write_block(heapq.heappop(heap)[2])
 
     def _iface(self, cap):
         linktype = pcapng.LINKTYPE_ETHERNET if cap.link_hlen == 14 else pcapng.LINKTYPE_RAW
