@@ -297,9 +297,11 @@ def pytracer_env(cache_dir=None):
 class Tool:
     """How to run one tracer: argv, its header lines, how it reports losses."""
 
-    def __init__(self, name, argv, header_lines, env=None, kind="peer"):
+    def __init__(self, name, argv, header_lines, env=None, kind="peer", ready_text=None):
         self.name, self.argv, self.header_lines, self.env, self.kind = name, argv, header_lines, env, kind
         self.cpus = None    # pin the tracer to these CPUs
+        # ready once stderr says this (a tool with no BPF link to wait for: tcpdump); else blocked_waiting
+        self.ready_text = ready_text
 
     def available(self):
         exe = self.argv[0]
@@ -314,6 +316,11 @@ def tools(cache_dir=None, port=None):
         "pytracer": Tool("pytracer", pyargs, 1, env, "pytracer"),
         "pytracer --no-data": Tool("pytracer --no-data", pyargs + ["--no-data"], 1, env, "pytracer"),
         "pytracer -j": Tool("pytracer -j", pyargs + ["-j"], 0, env, "pytracer"),
+        # the packets as pcapng (stdout goes to a file on tmpfs), next to tcpdump writing the same packets
+        # ("lines" then counts newline bytes in the capture: not comparable)
+        "pytracer -w": Tool("pytracer -w", pyargs + ["-w", "-"], 0, env, "pytracer"),
+        "tcpdump -w": Tool("tcpdump -w", ["tcpdump", "-i", "any", "-n", "-U", "-s", "262144", "-w", "-",
+                                          f"tcp port {port}" if port else "tcp"], 0, ready_text=b"listening on"),
         "tcplife": Tool("tcplife", [LIBBPF_TOOLS["tcplife"]], 1),
         "tcpstates": Tool("tcpstates", [LIBBPF_TOOLS["tcpstates"]], 1),
         "bpftrace": Tool("bpftrace", ["bpftrace", BPFTRACE_SCRIPT], 2),
@@ -372,7 +379,7 @@ class Running:
                                       env=tool.env, start_new_session=True,
                                       preexec_fn=lambda: default_signals(tool.cpus))
         end = self.t0 + ready_timeout
-        while not blocked_waiting(self.p.pid):
+        while not self._ready():
             if self.p.poll() is not None:
                 raise ToolFailed(tool.name, self.p.returncode, self._tail(self.err_path))
             if time.monotonic() > end:
@@ -383,6 +390,12 @@ class Running:
         self.ready_s = time.monotonic() - self.t0
         time.sleep(0.05)
         self.cpu0 = cpu_seconds(self.p.pid)
+
+    def _ready(self):
+        if self.tool.ready_text is None:
+            return blocked_waiting(self.p.pid)
+        with open(self.err_path, "rb") as f:
+            return self.tool.ready_text in f.read()
 
     @staticmethod
     def _tail(path, n=600):

@@ -20,7 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
-TOOLS = "pytracer --no-data,pytracer,tcplife,tcpstates,bpftrace"
+TOOLS = "pytracer --no-data,pytracer,pytracer -w,tcpdump -w,tcplife,tcpstates,bpftrace"
 WORKLOADS = "conn,bulk-lo,bulk-veth"
 
 

@@ -39,6 +39,7 @@
 #include <bpf/bpf_endian.h>
 #include "channel.h"
 #include "tcpsnoop.h"
+#include "capture.bpf.h"	/* -w: the packet bytes behind a record */
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -168,6 +169,8 @@ struct pkt {
 	__u16 gso_segs;
 	__u16 gso_size;
 	__u8 flags;		/* TCP flags byte */
+	__u8 cap_slot;		/* -w: capture_scratch slot + 1 holding this packet's source (0: none) */
+	__u16 hdr_len;		/* IP + TCP header bytes (options included) */
 };
 
 /* ---- small helpers --------------------------------------------------------- */
@@ -354,6 +357,7 @@ static __always_inline void emit(__u64 skp, const struct sock_info *si, const st
 {
 	struct tcpsnoop_event *e;
 	struct owner o;
+	__u64 cap;
 
 	__builtin_memset(&o, 0, sizeof(o));
 	if (si) {
@@ -361,12 +365,14 @@ static __always_inline void emit(__u64 skp, const struct sock_info *si, const st
 		if (!owner_pass(&o))
 			return;
 	}
+	cap = capture_packet(p->cap_slot, p->t.netns, p->hdr_len);
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count_lost();
 		return;
 	}
 	fill_event(e, skp, si, &o, p, type, dir, attr);
+	e->capture = cap;
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -437,6 +443,7 @@ static __always_inline int parse_ip_tcp(const unsigned char *nh, __u32 ip_len, _
 	p->seq = ((__u32)th[4] << 24) | ((__u32)th[5] << 16) | ((__u32)th[6] << 8) | th[7];
 	p->flags = th[13];
 	th_off += (th[12] >> 4) * 4;
+	p->hdr_len = th_off;
 	p->payload = ip_len > th_off ? ip_len - th_off : 0;
 	p->size = ip_len + ETH_HLEN;
 	return 0;
@@ -1104,6 +1111,7 @@ int BPF_PROG(on_tx, struct sk_buff *skb, struct net_device *dev)
 		return 0;
 	p.t.netns = dev->nd_net.net->ns.inum;
 	read_gso(skb, head, &p);
+	p.cap_slot = capture_source(CAPTURE_SLOT_TX, skb, dev, nh);
 
 	si = skp ? bpf_map_lookup_elem(&socks, &skp) : 0;
 	if (si && stale(skp, si)) {
@@ -1207,6 +1215,7 @@ int BPF_PROG(on_rx, struct sk_buff *skb)
 		return 0;
 	p.t.netns = skb->dev->nd_net.net->ns.inum;
 	flip(&p.t);
+	p.cap_slot = capture_source(CAPTURE_SLOT_RX, skb, skb->dev, data);
 
 	skpp = bpf_map_lookup_elem(&tuples, &p.t);
 	if (skpp) {

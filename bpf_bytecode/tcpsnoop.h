@@ -52,6 +52,7 @@ struct tcpsnoop_event {
 	__u64 rx_bytes;		/* new payload bytes received so far */
 	__u64 start_ns;		/* when the connection started; 0 = before the tracer */
 	__u64 cgroup_id;	/* owner's cgroup v2 id */
+	__u64 capture;		/* -w: id of this packet's capture_hdr in `captures` (capture.bpf.h); 0 none */
 	__u32 size;		/* Ethernet-wire size: IP packet + 14, as a tap on the device sees it */
 	__u32 payload;		/* TCP payload bytes in this skb */
 	__u8 type;		/* enum ev_type */

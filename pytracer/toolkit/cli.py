@@ -130,6 +130,7 @@ def run(argv, parse_args, make_tracer, make_writer):
         writer.header()
         end = None if a.duration is None else time.monotonic() + a.duration
         last_loss_check = 0.0
+        idle = getattr(writer, "idle", None)    # a writer holding lines back gets a tick when none come
         while True:
             now = time.monotonic()
             if end is not None and now >= end:
@@ -138,11 +139,13 @@ def run(argv, parse_args, make_tracer, make_writer):
             lines = tracer.poll_lines(wait)
             if lines:
                 writer.write(lines)
+            elif idle is not None:
+                idle()
             if now - last_loss_check >= 0.5:
                 last_loss_check = now
                 _report_losses(tracer, writer)
         _drain(tracer, writer)
-        writer.summary()
+        _finish(writer)
         return 0
     except (KeyboardInterrupt, Stop):
         _final_report(tracer, writer)
@@ -182,11 +185,20 @@ def _final_report(tracer, writer):
         return
     try:
         _drain(tracer, writer)
-        writer.summary()
+        _finish(writer)
     except BrokenPipeError:
         _quiet_stdout()
     except (PytracerError, KeyboardInterrupt, Stop):
         pass
+
+
+def _finish(writer):
+    """The end of the run: the writer's summary (tcpconnect -c's counts), then, for a writer that keeps
+    state to the end (a capture file's last blocks), its close()."""
+    for name in ("summary", "close"):
+        step = getattr(writer, name, None)
+        if step is not None:
+            step()
 
 
 def _observed():

@@ -841,7 +841,7 @@ def make_snoop(by_owner=False):
     from pytracer.tcpsnoop import TcpSnoop
 
     snoop = TcpSnoop(pids=[1] if by_owner else ())
-    snoop._epoch = time.time() - time.monotonic()
+    snoop._epoch_ns = tcpsnoop.epoch_ns()
     snoop.use_types(*tcpsnoop.object_types())
     return snoop
 

@@ -6,14 +6,16 @@
             print(ev.event, ev.pid, ev.comm, ev.raddr, ev.size)
 
 Kernel records (one per segment, accept, reset or close) become "lines", one per line tcpsnoop would print:
-tuples (ts, event, dir, conn, size, payload, close) where `conn` is a Conn shared by every line of the same
-socket and owner (so output formats render a connection's constant columns once) and `close` is
-(tx_bytes, rx_bytes, duration_ms) for close lines, else None. API users get Event objects.
+tuples (ts, event, dir, conn, size, payload, close, capture) where `conn` is a Conn shared by every line of
+the same socket and owner (so output formats render a connection's constant columns once), `close` is
+(tx_bytes, rx_bytes, duration_ms) for close lines, else None, and `capture` the packet's bytes (a Capture,
+with snaplen set: `pytracer -w`), else None. API users get Event objects.
 """
 import socket
 import time
 import types
 from collections import OrderedDict
+from typing import NamedTuple
 
 from ... import abi, records
 from ...attach import tracepoint_exists
@@ -44,8 +46,9 @@ _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 # records by position, in this order; use_types() checks it against the record in BTF.
 RECORD = "tcpsnoop_event"
 ENUMS = ("ev_type", "ev_attr", "ev_dir", "tcp_flag")
-HEAD_FIELDS = ("ts_ns", "tx_bytes", "rx_bytes", "start_ns", "cgroup_id", "size", "payload", "type", "dir",
+HEAD_FIELDS = ("ts_ns", "tx_bytes", "rx_bytes", "start_ns", "cgroup_id", "capture", "size", "payload", "type", "dir",
                "tcp_flags", "attr", "gso_segs", "gso_size")
+CAPTURE_FIELDS = ("id", "skb", "len", "caplen", "ifindex", "netns", "dev_type", "link_hlen", "dir", "ifname")
 IDENTITY_FIELDS = ("sk", "pid", "uid", "netns", "lport", "rport", "laddr", "raddr", "comm", "family")
 
 
@@ -80,19 +83,38 @@ def wanted_program(prog, have_sock_len):
 
 
 class Conn:
-    """A socket as seen with one owner: the columns that stay the same on all its lines."""
+    """A socket as seen with one owner: the columns that stay the same on all its lines (and the owner's
+    cgroup id as the first record of this socket and owner said, for pcapng labels)."""
 
-    __slots__ = CONN_FIELDS + ("sk", "key")
+    __slots__ = CONN_FIELDS + ("sk", "key", "cgroup")
 
-    def __init__(self, sk, pid, uid, comm, family, laddr, lport, raddr, rport, netns):
+    def __init__(self, sk, pid, uid, comm, family, laddr, lport, raddr, rport, netns, cgroup=0):
         self.sk, self.pid, self.uid, self.comm, self.family = sk, pid, uid, comm, family
         self.laddr, self.lport, self.raddr, self.rport, self.netns = laddr, lport, raddr, rport, netns
+        self.cgroup = cgroup
         # the connection, whoever owns it: what lines held for an unknown owner are kept under
         self.key = (netns, laddr, lport, raddr, rport)
 
     def with_owner(self, other):
         return Conn(self.sk, other.pid, other.uid, other.comm, self.family, self.laddr, self.lport, self.raddr,
-                    self.rport, self.netns)
+                    self.rport, self.netns, other.cgroup)
+
+
+class Capture(NamedTuple):
+    """A packet's bytes as the kernel had them (bpf_bytecode/capture.bpf.h, struct capture_hdr): `data`
+    holds the first bytes of the packet (the Ethernet header if link_hlen is 14, then the IP packet);
+    `length` is the whole packet's, link header included; `data` is shorter when the rest was in paged
+    fragments or beyond the snap length."""
+    skb: int
+    length: int
+    ifindex: int
+    netns: int
+    dev_type: int
+    link_hlen: int
+    dir: int
+    ifname: str
+    data: bytes
+    ts_ns: int = 0          # wall clock, ns since the epoch (set when its record is read)
 
 
 class Event:
@@ -102,7 +124,7 @@ class Event:
 
     def __init__(self, line=None, losses=None):
         if line is not None:
-            ts, self.event, self.dir, conn, self.size, self.payload, close = line
+            ts, self.event, self.dir, conn, self.size, self.payload, close = line[:7]
             self.ts = ts
             for k in CONN_FIELDS:
                 setattr(self, k, getattr(conn, k))
@@ -132,10 +154,13 @@ class TcpSnoop:
     """Load, attach, read. Use as a context manager (or call close()): every kernel object is released."""
 
     def __init__(self, pids=(), uid=None, comm=None, ports=(), family=None, cgroup=None, no_data=False,
-                 ringbuf_size=DEFAULT_RINGBUF, object_path=OBJECT, use_cache=True, filters=None):
-        """The filters as keywords (pids, uid, comm, ports, family, cgroup) or as one toolkit Filters."""
+                 ringbuf_size=DEFAULT_RINGBUF, object_path=OBJECT, use_cache=True, filters=None, snaplen=0):
+        """The filters as keywords (pids, uid, comm, ports, family, cgroup) or as one toolkit Filters.
+        With `snaplen`, every packet line carries its Capture (at most that many bytes, headers always)."""
         self.filters = filters if filters is not None else Filters(pids, uid, comm, ports, family, cgroup)
         self.no_data = no_data
+        self.snaplen = snaplen
+        self._captures = {}         # capture id -> Capture, read but not yet claimed by its record
         self.ringbuf_size = ringbuf_size
         self.object_path = object_path
         self.use_cache = use_cache
@@ -159,8 +184,12 @@ class TcpSnoop:
         if not have_sock_len:
             self.fallbacks.append("sock:sock_send_length is missing (Linux < 6.3): process attribution "
                                   "uses syscall tracepoints instead")
-        self.obj = BPFObject(self.object_path, rodata=dict(self.filters.rodata(), no_data=int(self.no_data)),
-                             map_max_entries={"events": self.ringbuf_size},
+        rodata = dict(self.filters.rodata(), no_data=int(self.no_data))
+        sizes = {"events": self.ringbuf_size}
+        if self.snaplen:
+            rodata["snaplen"] = self.snaplen
+            sizes["captures"] = self.ringbuf_size
+        self.obj = BPFObject(self.object_path, rodata=rodata, map_max_entries=sizes,
                              programs=lambda p: wanted_program(p, have_sock_len), use_cache=self.use_cache)
         try:
             self.obj.attach()
@@ -169,11 +198,22 @@ class TcpSnoop:
             for name in SEED_ITERATORS:
                 self.obj.run_iterator(name)
             self.rb = self.obj.ring_buffer("events")
+            self.captures_rb = self.obj.ring_buffer("captures") if self.snaplen else None
+            if self.snaplen:
+                self._capture_hdr = self.obj.record("capture_hdr")
+                if self._capture_hdr.names != CAPTURE_FIELDS:
+                    raise PytracerError(f"{self.object_path}: struct capture_hdr has the fields "
+                                        f"{', '.join(self._capture_hdr.names)}; this pytracer decodes "
+                                        f"{', '.join(CAPTURE_FIELDS)}")
             self.use_types(self.obj.record(RECORD), types.SimpleNamespace(**self.obj.enums(*ENUMS)))
             unattributed = self.obj.maps["unattributed"]
-            self._losses = Losses(self.obj, self.rb, {"pending": lambda: self.lost_pending,
-                                                      "unattributed": unattributed.sum_percpu_u64})
-            self._epoch = time.time() - time.monotonic()
+            counters = {"pending": lambda: self.lost_pending, "unattributed": unattributed.sum_percpu_u64}
+            if self.snaplen:
+                capture_lost = self.obj.maps["capture_lost"]
+                counters["capture"] = capture_lost.sum_percpu_u64
+            self._losses = Losses(self.obj, self.rb, counters)
+            self._epoch_ns = epoch_ns()
+            self._epoch_at = time.monotonic()
         except BaseException:
             self.close()
             raise
@@ -208,8 +248,34 @@ class TcpSnoop:
         """Wait up to `timeout` seconds, then return the lines of every record read (maybe none)."""
         out = []
         if self.rb.poll(timeout):
-            self.convert(self.rb.read(self._record, READ_BATCH), out)
+            now = time.monotonic()
+            if now - self._epoch_at > 1.0:
+                # the wall clock moves against CLOCK_MONOTONIC (NTP, settimeofday, a suspend): follow it
+                self._epoch_ns, self._epoch_at = epoch_ns(), now
+            records = self.rb.read(self._record, READ_BATCH)
+            if self.captures_rb is not None:
+                self._read_captures()
+            self.convert(records, out)
         return out
+
+    def _read_captures(self):
+        """Take every capture in the `captures` ring: the kernel writes a packet's capture before it
+        reserves its record, so the captures of every record read so far are there."""
+        hdr = self._capture_hdr
+        size = hdr.struct.size
+        unpack = hdr.struct.unpack_from
+        caps = self._captures
+        bound = 2 * (self.ringbuf_size // self._record.size) + READ_BATCH
+        if len(caps) > bound:
+            # Captures whose record the kernel could not reserve (counted as "ringbuf" already): their id is
+            # never asked for. Past twice the records the ring can hold, the oldest are of that kind.
+            for cid in sorted(caps, key=lambda c: c >> 16)[:len(caps) - bound // 2]:
+                del caps[cid]
+        for raw in self.captures_rb.read_raw():
+            cid, skb, length, caplen, ifindex, netns, dev_type, link_hlen, d, ifname = unpack(raw)
+            caps[cid] = Capture(skb, length, ifindex, netns, dev_type, link_hlen, d,
+                                ifname.split(b"\0", 1)[0].decode("ascii", "replace"),
+                                bytes(raw[size:size + caplen]))
 
     def drain_lines(self):
         """The lines of what is in the ring buffer now (used when stopping). Bounded by the buffer's size,
@@ -221,6 +287,8 @@ class TcpSnoop:
             if not records:
                 break
             left -= len(records)
+            if self.captures_rb is not None:
+                self._read_captures()
             self.convert(records, out)
         self.abandon_pending()
         return out
@@ -255,7 +323,7 @@ class TcpSnoop:
             yield Event(losses=self.last_losses)
 
     # -- record -> lines -------------------------------------------------------------------------------
-    def _conn(self, ident):
+    def _conn(self, ident, cgroup=0):
         """The Conn for an identity blob (socket, owner, addresses), made once and then shared."""
         sk, pid, uid, netns, lport, rport, laddr, raddr, comm, family = self._identity.unpack(ident)
         if family == abi.AF_INET:
@@ -266,12 +334,13 @@ class TcpSnoop:
             fam, la, ra = 6, socket.inet_ntop(socket.AF_INET6, laddr), socket.inet_ntop(socket.AF_INET6, raddr)
         if len(self._conns) >= MAX_CONNS:
             self._conns.clear()
-        c = self._conns[ident] = Conn(sk, pid, uid, escape_comm(comm), fam, la, lport, ra, rport, netns)
+        c = self._conns[ident] = Conn(sk, pid, uid, escape_comm(comm), fam, la, lport, ra, rport, netns, cgroup)
         return c
 
     def convert(self, records, out):
         """Turn kernel records (tuples from the `head` struct of records.split) into lines appended to `out`."""
-        epoch = self._epoch
+        epoch_ns = self._epoch_ns
+        captures = self._captures
         pending = self._pending
         conns = self._conns
         k = self.k
@@ -279,21 +348,27 @@ class TcpSnoop:
         send, recv, connect, reset = k.EV_SEND, k.EV_RECV, k.EV_CONNECT, k.EV_RESET
         unknown = k.ATTR_OWNER_UNKNOWN
 
-        for (ts_ns, tx, rx, start_ns, _cg, size, payload, etype, direction, flags, attr, _segs, _segsize,
+        for (ts_ns, tx, rx, start_ns, cg, cap, size, payload, etype, direction, flags, attr, _segs, _segsize,
              ident) in records:
             conn = conns.get(ident)
             if conn is None:
-                conn = self._conn(ident)
-            ts = epoch + ts_ns / 1e9
+                conn = self._conn(ident, cg)
+            ts = (ts_ns + epoch_ns) / 1e9
+            if cap:
+                cap = captures.pop(cap, None)
+                if cap is not None:
+                    cap = cap._replace(ts_ns=ts_ns + epoch_ns)
+            else:
+                cap = None
             if etype == send or etype == recv or etype == connect or etype == reset:
                 if attr & unknown:
-                    self._hold(conn.key, (ts, etype, direction, conn, size, payload, flags))
+                    self._hold(conn.key, (ts, etype, direction, conn, size, payload, flags, cap))
                     continue
                 if pending and conn.key in pending:
                     self._flush(conn.key, conn, out)
-                out.append((ts, names[etype], "in" if direction else "out", conn, size, payload, None))
+                out.append((ts, names[etype], "in" if direction else "out", conn, size, payload, None, cap))
             elif etype == k.EV_HANDSHAKE:
-                self._hold(conn.key, (ts, etype, direction, conn, size, payload, flags))
+                self._hold(conn.key, (ts, etype, direction, conn, size, payload, flags, cap))
             elif etype == k.EV_ACCEPT or etype == k.EV_OWNER:
                 if attr & k.ATTR_DISCARD:
                     pending.pop(conn.key, None)
@@ -301,7 +376,8 @@ class TcpSnoop:
                 held = self._flush(conn.key, conn, out)
                 if etype == k.EV_ACCEPT and not held & _HELD_HANDSHAKE:
                     # the handshake happened before pytracer started: one line stands for it
-                    out.append((epoch + start_ns / 1e9 if start_ns else ts, "accept", "in", conn, 0, 0, None))
+                    out.append(((start_ns + epoch_ns) / 1e9 if start_ns else ts, "accept", "in", conn, 0, 0, None,
+                                None))
             elif etype == k.EV_CLOSE:
                 if attr & unknown:
                     held = pending.pop(conn.key, None)
@@ -310,13 +386,13 @@ class TcpSnoop:
                 elif pending and conn.key in pending:
                     self._flush(conn.key, conn, out)
                 dur = (ts_ns - start_ns) / 1e6 if start_ns else None
-                out.append((ts, "close", "out", conn, 0, 0, (tx, rx, dur)))
+                out.append((ts, "close", "out", conn, 0, 0, (tx, rx, dur), None))
                 del conns[ident]        # what is open stays cached, not everything ever seen
             elif etype == k.EV_RESET_CLOSED_PORT:
                 held = pending.pop(conn.key, None)
                 if held:   # the SYN(s) this RST answers
                     self._lines(held, None, out)
-                out.append((ts, "reset", "out", conn, size, payload, None))
+                out.append((ts, "reset", "out", conn, size, payload, None, cap))
 
     def _hold(self, key, item):
         held = self._pending.get(key)
@@ -345,7 +421,7 @@ class TcpSnoop:
         no_data = self.no_data
         relabelled = {}
         acked = False
-        for ts, etype, direction, conn, size, payload, flags in held:
+        for ts, etype, direction, conn, size, payload, flags, cap in held:
             if owner is not None:
                 c = relabelled.get(conn)
                 if c is None:
@@ -368,7 +444,7 @@ class TcpSnoop:
             else:
                 what |= _HELD_SEGMENT
                 name = self._names[etype]
-            out.append((ts, name, "in" if direction else "out", c, size, payload, None))
+            out.append((ts, name, "in" if direction else "out", c, size, payload, None, cap))
         return what
 
     def _segments(self, held):
@@ -385,3 +461,16 @@ class TcpSnoop:
 
 
 _HELD_HANDSHAKE, _HELD_SEGMENT = 1, 2
+
+
+def epoch_ns(samples=5):
+    """CLOCK_REALTIME - CLOCK_MONOTONIC in nanoseconds (bpf_ktime_get_ns() is CLOCK_MONOTONIC): the
+    tightest of a few bracketed readings, so a record's wall-clock time is right to about a microsecond."""
+    best = None
+    for _ in range(samples):
+        m0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        r = time.clock_gettime_ns(time.CLOCK_REALTIME)
+        m1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        if best is None or m1 - m0 < best[0]:
+            best = (m1 - m0, r - (m0 + m1) // 2)
+    return best[1]
