@@ -22,20 +22,25 @@ class Stop(Exception):
     """Raised from the SIGTERM handler to leave the read loop through the normal cleanup path."""
 
 
-def parser(prog, description, tool_flags=None):
-    """An ArgumentParser with the common flags; `tool_flags(parser)` adds the tool's own (after --cgroup)."""
+def parser(prog, description, tool_flags=None, owner_flags=True, port_flag=True):
+    """An ArgumentParser with the common flags; `tool_flags(parser)` adds the tool's own (after --cgroup).
+    A tool whose events have no owner to filter on (they run in softirq) leaves out the owner flags (-p -u
+    -c --cgroup), and one with port flags of its own -P, so that it can give those letters bcc's meaning."""
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("-t", "--timestamp", action="store_true", help="print seconds since start as the first column")
-    p.add_argument("-p", "--pid", type=int, action="append", default=[], metavar="PID",
-                   help="only sockets owned by this process (repeatable)")
-    p.add_argument("-u", "--uid", type=int, help="only sockets owned by this user id")
-    p.add_argument("-c", "--comm", help="only sockets owned by a task with this name")
-    p.add_argument("-P", "--port", type=int, action="append", default=[], metavar="PORT",
-                   help="only connections with this local or remote port (repeatable)")
+    if owner_flags:
+        p.add_argument("-p", "--pid", type=int, action="append", default=[], metavar="PID",
+                       help="only sockets owned by this process (repeatable)")
+        p.add_argument("-u", "--uid", type=int, help="only sockets owned by this user id")
+        p.add_argument("-c", "--comm", help="only sockets owned by a task with this name")
+    if port_flag:
+        p.add_argument("-P", "--port", type=int, action="append", default=[], metavar="PORT",
+                       help="only connections with this local or remote port (repeatable)")
     fam = p.add_mutually_exclusive_group()
     fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 only")
     fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 only (wide address columns)")
-    p.add_argument("--cgroup", metavar="PATH", help="only sockets owned by tasks in this cgroup v2 (or below)")
+    if owner_flags:
+        p.add_argument("--cgroup", metavar="PATH", help="only sockets owned by tasks in this cgroup v2 (or below)")
     if tool_flags is not None:
         tool_flags(p)
     p.add_argument("-j", "--json", action="store_true", help="one JSON object per line (schema: README)")
@@ -65,7 +70,8 @@ def family(a):
 
 def filters(a):
     """The Filters the common flags ask for."""
-    return Filters(pids=a.pid, uid=a.uid, comm=a.comm, ports=a.port, family=family(a), cgroup=a.cgroup)
+    return Filters(pids=getattr(a, "pid", ()), uid=getattr(a, "uid", None), comm=getattr(a, "comm", None),
+                   ports=getattr(a, "port", ()), family=family(a), cgroup=getattr(a, "cgroup", None))
 
 
 def _quiet_stdout():
