@@ -18,8 +18,9 @@ def ntop(family: int, raw: bytes) -> str:
     return socket.inet_ntop(AF_INET6, raw[:16])
 
 
-def endpoint(family: int, addr: str, port: int) -> str:
-    return f"{addr}:{port}" if family == AF_INET else f"[{addr}]:{port}"
+def endpoint(version: int, addr: str, port: int) -> str:
+    """addr:port, or [addr]:port for IPv6 (`version` 4 or 6, as ip_version gives)."""
+    return f"{addr}:{port}" if version == 4 else f"[{addr}]:{port}"
 
 
 def parse_address(text: str):

@@ -87,7 +87,15 @@ def _quiet_stdout():
 def run(argv, parse_args, make_tracer, make_writer):
     """Parse `argv` with `parse_args`, then trace until -d, Ctrl-C, SIGTERM or a closed stdout: the tool's
     exit status. `make_tracer(args)` returns the tracer (not started), `make_writer(args, t0)` its writer."""
+    reading = {"on": False, "stop": False}
+
     def on_term(signum, frame):
+        # In the read loop a SIGTERM ends it between two reads (within its 0.5 s wait), like -d: raised in
+        # the middle of turning records into lines it would lose what was read and cut a line in half.
+        # Before (loading, attaching) it ends at once.
+        if reading["on"]:
+            reading["stop"] = True
+            return
         raise Stop()
 
     # first of all, so that a SIGTERM at any moment takes the same quiet way out
@@ -119,7 +127,8 @@ def run(argv, parse_args, make_tracer, make_writer):
         writer.header()
         end = None if a.duration is None else time.monotonic() + a.duration
         last_loss_check = 0.0
-        while True:
+        reading["on"] = True
+        while not reading["stop"]:
             now = time.monotonic()
             if end is not None and now >= end:
                 break
