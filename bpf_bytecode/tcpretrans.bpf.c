@@ -6,8 +6,8 @@
  *
  * tp_btf programs: they see the socket itself and, unlike classic tracepoint
  * programs, are not skipped while another BPF program runs on the CPU.  From
- * Linux 6.12 (roughly) the tracepoint also fires for retransmissions that
- * failed (its third argument, err, is nonzero; nothing went on the wire):
+ * Linux 6.17 on the tracepoint also fires for retransmissions that failed
+ * (its third argument, err, is nonzero; nothing went on the wire):
  * on_retransmit_err skips those, on_retransmit serves the older kernels where
  * the tracepoint has two arguments and fires on success only.  User space
  * loads the one that matches the kernel's BTF.

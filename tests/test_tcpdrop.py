@@ -144,7 +144,7 @@ sys.stdin.readline()
 """
 
 THREE_CLIENTS = """
-import socket, sys, time
+import socket, struct, sys, time
 addr, port, late = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 first = socket.create_connection((addr, port))          # queued
 late_one = socket.socket()
@@ -156,6 +156,10 @@ sys.stdin.readline()
 late_one.send(b"x" * 200)       # would complete its handshake: the accept queue is full
 print("SENT", flush=True)
 sys.stdin.readline()
+# a RST, and no more retransmissions: then the counter and the tracer can be read without a race
+late_one.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+late_one.close()
+print("CLOSED", flush=True)
 """
 
 
@@ -194,6 +198,10 @@ def test_full_accept_queue(pair):
         clients.stdin.flush()
         assert clients.stdout.readline().strip() == "SENT"
         time.sleep(1.0)         # the RTO retransmissions, dropped likewise
+        clients.stdin.write("go\n")
+        clients.stdin.flush()
+        assert clients.stdout.readline().strip() == "CLOSED"
+        time.sleep(0.3)
         arrived = pair.counter(pair.b, "drops")
         time.sleep(0.3)
         lines = stop_tracer(tracer)
@@ -206,7 +214,7 @@ def test_full_accept_queue(pair):
         if tracer is not None:
             stop_tracer(tracer)
     data = [e for e in of_tuple(lines, cli, late, srv, port) if "PSH" in e["tcpflags"]]
-    assert arrived >= 2 and len(data) == arrived, (arrived, data)
+    assert arrived >= 2 and len(data) == arrived, (arrived, len(data), [(e["reason"], e["tcpflags"]) for e in data])
     assert all("tcp_v4_rcv" in frames(e) for e in data), data[0]["stack"]
     reason = expected_reason("TCP_LISTEN_OVERFLOW")
     if reason is not None:

@@ -209,7 +209,9 @@ def test_synack_and_syn_retransmissions(pair):
     synack_lines = [e for e in lines if e.get("type") == "synack" and e["lport"] == s.port]
     syn_lines = [e for e in lines if e.get("type") == "retrans" and e["rport"] == s.port
                  and e["laddr"] == cli_addr]
-    assert drops >= 2 and synacks == drops + 1, (drops, synacks)
+    # every SYN-ACK that arrived was counted, the dropped ones and those after the rule went (one, or two
+    # when the server's timer and the client's SYN retransmission crossed)
+    assert drops >= 2 and synacks > drops, (drops, synacks)
     assert len(synack_lines) == synacks - 1 >= drops
     assert {(e["laddr"], e["raddr"], e["state"], e["pid"]) for e in synack_lines} == {(srv_addr, cli_addr,
                                                                                        "NEW_SYN_RECV", None)}

@@ -1,7 +1,13 @@
-"""Kernel addresses as symbol+offset, from /proc/kallsyms, for the kernel stacks tools print. Read once, on
-first use (some 200,000 lines); the kernel shows real addresses to root only (kptr_restrict): where it
-shows zeros, addresses stay hex."""
+"""Kernel addresses as symbol+offset, from /proc/kallsyms, for the kernel stacks tools print. Reading and
+parsing it (some 120,000 symbols) takes a few tenths of a second: `load_in_background()` does it while the
+tool loads and attaches its programs, and the first lookup waits for it. The kernel shows real addresses to
+root only (kptr_restrict): where it shows zeros, addresses stay hex."""
 import bisect
+import re
+import threading
+
+# text symbols (where code returns to): "ffffffff81000000 T _stext" or "... t name\t[module]"
+_TEXT = re.compile(r"^([0-9a-f]+) [tTwW] (\S+)(?:\t\[(\S+)\])?$", re.M)
 
 
 class Kallsyms:
@@ -9,32 +15,32 @@ class Kallsyms:
         self.path = path
         self._addrs = None
         self._names = None
+        self._thread = None
 
     def load(self):
-        pairs = []
         try:
             with open(self.path) as f:
-                for line in f:
-                    parts = line.split()
-                    if len(parts) < 3 or parts[1] not in "tTwW":     # text symbols: where code returns to
-                        continue
-                    addr = int(parts[0], 16)
-                    if addr:
-                        pairs.append((addr, parts[2] if len(parts) == 3 else (parts[2], parts[3])))  # [module]
+                text = f.read()
         except OSError:
-            pass
-        pairs.sort()
-        self._addrs = [a for a, _ in pairs]
-        self._names = [n for _, n in pairs]
+            text = ""
+        pairs = sorted((int(a, 16), f"{{}} [{mod}]" if mod else "{}", name)
+                       for a, name, mod in _TEXT.findall(text) if int(a, 16))
+        self._names = [(fmt, name) for _, fmt, name in pairs]
+        self._addrs = [a for a, _, _ in pairs]     # last: symbol() takes a set _addrs for a finished load
+
+    def load_in_background(self):
+        self._thread = threading.Thread(target=self.load, name="kallsyms", daemon=True)
+        self._thread.start()
 
     def symbol(self, addr: int) -> str:
         """"name+0xoff" ("name+0xoff [module]") for a kernel text address, or its hex if none is known."""
         if self._addrs is None:
-            self.load()
+            if self._thread is not None:
+                self._thread.join()
+            if self._addrs is None:
+                self.load()
         i = bisect.bisect_right(self._addrs, addr) - 1
         if i < 0:
             return f"{addr:#x}"
-        name = self._names[i]
-        if isinstance(name, tuple):
-            return f"{name[0]}+{addr - self._addrs[i]:#x} {name[1]}"
-        return f"{name}+{addr - self._addrs[i]:#x}"
+        fmt, name = self._names[i]
+        return fmt.format(f"{name}+{addr - self._addrs[i]:#x}")

@@ -58,8 +58,9 @@ class TcpDrop(RingBufferTracer):
         self.reasons = enum_names("skb_drop_reason", "SKB_DROP_REASON_") or {}
 
     def start(self):
-        self.kallsyms.load()     # now, not when the first drop is read: that would delay its line
         super().start()
+        # once attached, while the tool waits for drops (the first one read waits for it, if it comes first)
+        self.kallsyms.load_in_background()
         self.states = {v: k[4:] for k, v in self.k.items() if k.startswith("TCP_")}
         self.flags = [(self.k["TH_" + f], f) for f in FLAG_ORDER]
         return self

@@ -23,8 +23,8 @@ LOSSES = dict(LOSS_TEXT, uncounted="{n} retransmissions of connections beyond -c
 
 
 def wanted_programs(prog):
-    """on_retransmit_err where tcp_retransmit_skb passes the error (Linux 6.12ish: it fires for failed
-    retransmissions too), on_retransmit where it does not; on_synack always."""
+    """on_retransmit_err where tcp_retransmit_skb passes the error (Linux 6.17+: it fires for failed
+    retransmissions too, which it skips), on_retransmit where it does not; on_synack always."""
     if prog.name == "on_synack":
         return tracepoint_args("tcp_retransmit_synack") is not None
     n = tracepoint_args("tcp_retransmit_skb")
