@@ -132,9 +132,11 @@ def test_histogram_holds_every_probe_event(pair):
     assert h["count"] == len(probes) == sum(b["count"] for b in h["buckets"])
     assert as_slots(h) == buckets_of(v for _, v in probes)
     assert h["sum"] == sum(v for _, v in probes) and h["avg"] == h["sum"] // h["count"]
-    # over veth on one host: most samples well under a millisecond, every one under a second
+    # over veth on one host: most samples under a millisecond, every one under a second; under emulation
+    # (vmtest's TCG: 4-7 ms seen on 6.1) under 100 ms
     srtts = sorted(v for _, v in probes)
-    assert srtts[len(srtts) // 2] < 1000 and srtts[-1] < 1_000_000, srtts
+    median_limit = 100_000 if os.environ.get("VMTEST") else 1000
+    assert srtts[len(srtts) // 2] < median_limit and srtts[-1] < 1_000_000, srtts
 
 
 def test_per_local_address_with_average(pair):

@@ -2,7 +2,6 @@
 RADDR:RPORT STATE); -l tells tail loss probes apart, -c counts per connection in the kernel and prints the
 counts at exit. The PID is the process holding the socket's lock when the retransmission ran in its context
 (tcp_sock.bpf.h: lock_holder), blank when it ran from a timer or softirq."""
-import json
 import sys
 import time
 
@@ -18,7 +17,8 @@ from ...toolkit.writers import JsonLinesWriter, TextWriter
 
 FIELDS = ("ts", "pid", "comm", "family", "laddr", "lport", "raddr", "rport", "state", "type")
 COUNT_FIELDS = ("family", "laddr", "lport", "raddr", "rport", "type", "count")
-TYPES = {"RT_SEGMENT": ("retrans", "R"), "RT_TLP": ("tlp", "L"), "RT_SYNACK": ("synack", "S")}
+TYPES = {"RT_SEGMENT": "retrans", "RT_TLP": "tlp", "RT_SYNACK": "synack"}     # enum retrans_type -> JSON
+LETTERS = {"retrans": "R", "tlp": "L", "synack": "S"}                            # -> the T column
 LOSSES = dict(LOSS_TEXT, uncounted="{n} retransmissions of connections beyond -c's table of 16384 not counted")
 
 
@@ -56,7 +56,7 @@ class TcpRetrans(RingBufferTracer):
         for pid, lport, rport, laddr, raddr, comm, family, state, kind in records:
             out.append((now, pid or None, escape_comm(comm) if pid else None, ip_version(family),
                         ntop(family, laddr), lport, ntop(family, raddr), rport, states.get(state, str(state)),
-                        types.get(kind, (str(kind), "?"))[0]))
+                        types.get(kind, str(kind))))
 
     def drain_lines(self):
         if not self.count_only:
@@ -72,7 +72,7 @@ class TcpRetrans(RingBufferTracer):
                 continue
             laddr, raddr, lport, rport, family, kind = key.unpack(k)[:6]
             counts.append((ip_version(family), ntop(family, laddr), lport, ntop(family, raddr), rport,
-                           self.types.get(kind, (str(kind), "?"))[0], int.from_bytes(v[:8], "little")))
+                           self.types.get(kind, str(kind)), int.from_bytes(v[:8], "little")))
         counts.sort(key=lambda c: (-c[-1], c[:-1]))
         return counts
 
@@ -94,7 +94,7 @@ class RetransColumns(TextWriter):
         t0, parts = self.t0, []
         for ts, pid, _comm, fam, laddr, lport, raddr, rport, state, kind in lines:
             when = "%-8.3f" % (ts - t0) if t0 is not None else time.strftime("%H:%M:%S", time.localtime(ts))
-            t = {"retrans": "R", "tlp": "L", "synack": "S"}.get(kind, "?")
+            t = LETTERS.get(kind, "?")
             parts.append("%-8s %-7s %-2d %-22s %s> %-22s %s\n"
                          % (when, pid if pid else "", fam, endpoint(fam, laddr, lport), t,
                             endpoint(fam, raddr, rport), state))
@@ -118,9 +118,6 @@ class CountColumns(TextWriter):
 
 class RetransJson(JsonLinesWriter):
     loss_text = LOSSES
-
-    def write(self, lines):
-        self.emit(json.dumps(dict(zip(self.fields, line))) + "\n" for line in lines)
 
 
 def tool_flags(p):
