@@ -5,7 +5,6 @@ Reasons are enum skb_drop_reason's names read from the running kernel's BTF (the
 kernels); the tracepoint passes them from Linux 5.17 on. SKB_NOT_DROPPED_YET and SKB_CONSUMED are no drops
 and are left out in the kernel; NOT_SPECIFIED is a drop whose caller gave no reason (kfree_skb() without
 one), so it is shown."""
-import json
 import struct
 import sys
 import time
@@ -99,11 +98,6 @@ class DropColumns(TextWriter):
         self.emit(parts)
 
 
-class DropJson(JsonLinesWriter):
-    def write(self, lines):
-        self.emit(json.dumps(dict(zip(self.fields, line))) + "\n" for line in lines)
-
-
 def make_tracer(a):
     reasons = enum_names("skb_drop_reason") or {}
     by_name = {v: k for k, v in reasons.items()}
@@ -116,7 +110,7 @@ def make_tracer(a):
 
 def make_writer(a, t0):
     if a.json:
-        return DropJson(sys.stdout, FIELDS)
+        return JsonLinesWriter(sys.stdout, FIELDS)
     return DropColumns(sys.stdout, t0 if a.timestamp else None)
 
 
