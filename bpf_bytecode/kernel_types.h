@@ -127,6 +127,21 @@ struct socket {
 	struct sock *sk;
 } __pa;
 
+/* A connection request (include/net/request_sock.h): its addresses and ports are a sock_common. */
+struct request_sock {
+	struct sock_common __req_common;
+} __pa;
+
+/* include/net/inet_connection_sock.h. The congestion state is a bitfield (6 bits on 5.10, 5 later): read
+ * it with BPF_CORE_READ_BITFIELD_PROBED, whose shifts are relocated against the kernel's layout. */
+struct inet_connection_sock {
+	__u8 icsk_ca_state:5;		/* enum tcp_ca_state */
+	__u8 icsk_pending;		/* the write timer's pending event: ICSK_TIME_* */
+} __pa;
+
+#define ICSK_TIME_LOSS_PROBE	5	/* include/net/inet_connection_sock.h (stable since 4.0) */
+#define TCP_CA_Open		0
+
 /* ---- files ------------------------------------------------------------------ */
 struct inode {
 	unsigned short i_mode;		/* umode_t */
@@ -288,6 +303,7 @@ struct pt_regs;
 /* ---- TCP socket state (struct tcp_sock starts with struct sock) ----------- */
 struct tcp_sock {
 	__u32 rcv_nxt;			/* next sequence number expected */
+	__u32 srtt_us;			/* smoothed round trip time << 3, in microseconds (4.13+) */
 	__u64 bytes_received;		/* RFC 4898 tcpEStatsAppHCThruOctetsReceived */
 } __pa;
 

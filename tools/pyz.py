@@ -6,7 +6,7 @@
                                                         run it as `python3 -I DEST [options]`
 
 A zipapp (PEP 441: a zip with a __main__.py, behind a `#!/usr/bin/env python3` line) holding:
-  pytracer/              the package as the wheel has it (its modules, bpf/tcpsnoop.bpf.o; no test fixtures)
+  pytracer/              the package as the wheel has it (its modules, the tools' bpf/*.bpf.o; no test fixtures)
   elftools/, construct/  its pure-Python dependencies, copied from DIR (a `pip install --target DIR`; `make
                          pyz` fills build/pyz-deps with the newest versions that still run on Python 3.9,
                          pyelftools 0.33 needing 3.10) or, without --deps, from this interpreter's
@@ -36,7 +36,10 @@ import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPS = {"pyelftools": "elftools", "construct": "construct"}    # distribution -> top-level package
-PACKAGE_DATA = ("bpf/tcpsnoop.bpf.o",)                          # as setup.cfg's package_data
+FIXTURES = ("enginetest.bpf.o", "invalid.bpf.o")                # the engine tests' objects, not shipped
+# as setup.cfg's package_data: every tool's object (each tool needs its own)
+PACKAGE_DATA = tuple(f"bpf/{n}" for n in sorted(os.listdir(os.path.join(ROOT, "pytracer", "bpf")))
+                     if n.endswith(".bpf.o") and n not in FIXTURES)
 MAIN = '''\
 # pytracer.pyz: run as `python3 pytracer.pyz [options]`, exactly `python -m pytracer [options]`.
 import signal

@@ -30,11 +30,13 @@ def port_list(text):
         raise argparse.ArgumentTypeError(f"not a port or a comma-separated list of ports: {text!r}") from None
 
 
-def parser(prog, description, tool_flags=None, own_short=(), helps=None):
+def parser(prog, description, tool_flags=None, own_short=(), helps=None, owner_flags=True, port_flag=True):
     """An ArgumentParser with the common flags; `tool_flags(parser)` adds the tool's own (after --cgroup).
     `own_short`: short options the tool gives a meaning of its own (e.g. tcpconnect's -c, count), which the
     common flags then spell long only (--comm). `helps`: the tool's wording of common flags, by long option
-    (e.g. {"--port": "only connections to this remote port"})."""
+    (e.g. {"--port": "only connections to this remote port"}). A tool whose events have no owner to filter on
+    (they run in softirq) leaves out the owner flags (-p -u -c --cgroup: `owner_flags=False`), and one with
+    port flags of its own -P (`port_flag=False`), so that it can give those letters bcc's meaning."""
     p = argparse.ArgumentParser(prog=prog, description=description)
     helps = helps or {}
 
@@ -42,17 +44,20 @@ def parser(prog, description, tool_flags=None, own_short=(), helps=None):
         p.add_argument(*([long] if short in own_short else [short, long]), help=helps.get(long, help), **kw)
 
     flag("-t", "--timestamp", action="store_true", help="print seconds since start as the first column")
-    flag("-p", "--pid", type=int, action="append", default=[], metavar="PID",
-         help="only sockets owned by this process (repeatable)")
-    flag("-u", "--uid", type=int, help="only sockets owned by this user id")
-    flag("-c", "--comm", help="only sockets owned by a task with this name")
-    flag("-P", "--port", type=port_list, action="extend", default=[], metavar="PORT",
-         help="only connections with this local or remote port (repeatable, or a comma-separated list)")
+    if owner_flags:
+        flag("-p", "--pid", type=int, action="append", default=[], metavar="PID",
+             help="only sockets owned by this process (repeatable)")
+        flag("-u", "--uid", type=int, help="only sockets owned by this user id")
+        flag("-c", "--comm", help="only sockets owned by a task with this name")
+    if port_flag:
+        flag("-P", "--port", type=port_list, action="extend", default=[], metavar="PORT",
+             help="only connections with this local or remote port (repeatable, or a comma-separated list)")
     fam = p.add_mutually_exclusive_group()
     fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 only")
     fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 only (wide address columns)")
-    p.add_argument("--cgroup", metavar="PATH",
-                   help=helps.get("--cgroup", "only sockets owned by tasks in this cgroup v2 (or below)"))
+    if owner_flags:
+        p.add_argument("--cgroup", metavar="PATH",
+                       help=helps.get("--cgroup", "only sockets owned by tasks in this cgroup v2 (or below)"))
     if tool_flags is not None:
         tool_flags(p)
     p.add_argument("-j", "--json", action="store_true", help="one JSON object per line (schema: README)")
@@ -82,7 +87,8 @@ def family(a):
 
 def filters(a):
     """The Filters the common flags ask for."""
-    return Filters(pids=a.pid, uid=a.uid, comm=a.comm, ports=a.port, family=family(a), cgroup=a.cgroup)
+    return Filters(pids=getattr(a, "pid", ()), uid=getattr(a, "uid", None), comm=getattr(a, "comm", None),
+                   ports=getattr(a, "port", ()), family=family(a), cgroup=getattr(a, "cgroup", None))
 
 
 def _quiet_stdout():
@@ -98,7 +104,15 @@ def _quiet_stdout():
 def run(argv, parse_args, make_tracer, make_writer):
     """Parse `argv` with `parse_args`, then trace until -d, Ctrl-C, SIGTERM or a closed stdout: the tool's
     exit status. `make_tracer(args)` returns the tracer (not started), `make_writer(args, t0)` its writer."""
+    reading = {"on": False, "stop": False}
+
     def on_term(signum, frame):
+        # In the read loop a SIGTERM ends it between two reads (within its 0.5 s wait), like -d: raised in
+        # the middle of turning records into lines it would lose what was read and cut a line in half.
+        # Before (loading, attaching) it ends at once.
+        if reading["on"]:
+            reading["stop"] = True
+            return
         raise Stop()
 
     # first of all, so that a SIGTERM at any moment takes the same quiet way out
@@ -131,7 +145,8 @@ def run(argv, parse_args, make_tracer, make_writer):
         end = None if a.duration is None else time.monotonic() + a.duration
         last_loss_check = 0.0
         idle = getattr(writer, "idle", None)    # a writer holding lines back gets a tick when none come
-        while True:
+        reading["on"] = True
+        while not reading["stop"]:
             now = time.monotonic()
             if end is not None and now >= end:
                 break
