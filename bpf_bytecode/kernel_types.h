@@ -100,6 +100,7 @@ struct sock_common {
 	possible_net_t skc_net;
 	struct in6_addr skc_v6_daddr;
 	struct in6_addr skc_v6_rcv_saddr;
+	unsigned long skc_flags;	/* 1 << enum sock_flags; recent kernels (6.18 has it), see sock___flags */
 } __pa;
 
 /* A typedef of an anonymous struct in the kernel (include/net/sock.h). */
@@ -116,6 +117,14 @@ struct sock {
 	__u16 sk_type;
 	struct socket *sk_socket;	/* NULL until accept() gives the socket a file (and once orphaned) */
 } __pa;
+
+/* Where the socket flags were before they moved into sock_common (5.10 .. 6.12 at least). */
+struct sock___flags {
+	unsigned long sk_flags;		/* 1 << enum sock_flags */
+} __pa;
+
+/* enum sock_flags: SOCK_DEAD, SOCK_DONE, ... (unchanged since 2.6) */
+#define SOCK_DONE	1		/* TCP: the peer's FIN arrived (tcp_fin) */
 
 struct socket {
 	struct sock *sk;
@@ -260,10 +269,19 @@ struct skb_shared_info {
 /* Only ever used through a pointer (tp_btf/sys_enter's first argument). */
 struct pt_regs;
 
+/* struct inet_sock starts with struct sock: the local port it was bound to, kept after TCP_CLOSE released
+ * the port (skc_num is 0 by then, inet_sock_set_state fires after that) */
+struct inet_sock {
+	__be16 inet_sport;
+} __pa;
+
 /* ---- TCP socket state (struct tcp_sock starts with struct sock) ----------- */
 struct tcp_sock {
 	__u32 rcv_nxt;			/* next sequence number expected */
 	__u64 bytes_received;		/* RFC 4898 tcpEStatsAppHCThruOctetsReceived */
+	__u64 bytes_acked;		/* RFC 4898 tcpEStatsAppHCThruOctetsAcked */
+	__u32 snd_una;			/* first byte we want an ack for */
+	__u32 write_seq;		/* tail(+1) of data held in the send buffer (our FIN included) */
 } __pa;
 
 /*
