@@ -135,7 +135,7 @@ VM_TIMEOUT ?= 2400
 VM_BULK_BYTES ?= 8000000
 VM_TESTS ?= tests/test_engine.py tests/test_iterator.py tests/test_tcpsnoop.py tests/test_cli.py \
 	tests/test_faults.py tests/test_real_programs.py tests/test_capture_oracle.py tests/test_kernel_support.py \
-	tests/test_tcplife.py
+	tests/test_tcplife.py tests/test_tcptop.py
 vmtest: setup
 	PYTRACER_BULK_BYTES=$(VM_BULK_BYTES) tests/vm/vmtest --kernel-package $(KERNEL) --timeout $(VM_TIMEOUT) -- \
 		$(abspath $(VPY)) -m pytest -q -rfEx -p no:cacheprovider \

@@ -18,7 +18,7 @@ PACKAGE_MODULES = sorted(os.path.relpath(os.path.join(d, f), os.path.join(ROOT, 
                          for d, _dirs, files in os.walk(os.path.join(ROOT, "pytracer")) for f in files
                          if f.endswith(".py"))
 # the tools' objects, not the engine tests' fixtures
-TOOL_OBJECTS = ("tcplife.bpf.o", "tcpsnoop.bpf.o", "tcpstates.bpf.o")
+TOOL_OBJECTS = ("tcplife.bpf.o", "tcpsnoop.bpf.o", "tcpstates.bpf.o", "tcptop.bpf.o")
 FIXTURES = ("enginetest.bpf.o", "invalid.bpf.o")
 
 
