@@ -14,8 +14,8 @@
  *                   and when a listener's child is created; TCP_CLOSE ends them
  *   on_destroy      tp_btf/tcp_destroy_sock: the entry goes
  *   on_accept(4)    sys_exit_accept(4): the accepting process owns the socket
- *   on_close        sys_enter_close: the owner lets go (Linux 6.3+ with
- *                   fb_sys_enter; any kernel without it)
+ *   on_close        sys_enter_close: the owner lets go (loaded where
+ *                   fb_sys_enter, which sees close() too, is not)
  *   on_exit/on_exec sched_process_exit/exec: the owner lets go / is renamed
  *   on_queue        net_dev_queue: adopt the sender of a segment (per packet)
  *   on_send_len, on_recv_len   raw_tracepoint sock_{send,recv}_length (6.3+):
