@@ -67,7 +67,7 @@ struct tuple {
 
 /* owner.flags (owner.bpf.h: SI_OWNER_KNOWN, SI_CGROUP_MATCH), written in process context only
  * (publish_owner) */
-#define SI_ACCEPT_SHOWN	0x04	/* EV_ACCEPT went out: its lines are printed once (see adopt) */
+#define SI_ACCEPT_SHOWN	0x04	/* the first owner was announced (tcpsnoop: EV_ACCEPT went out, see adopt) */
 /* state_flags: written at creation and by the state/close handler */
 #define SI_TUPLE_SET	0x01	/* `tuple` holds a key we inserted into `tuples` */
 #define SI_CLOSED	0x02	/* reached TCP_CLOSE; kept until destroy for a trailing RST */
