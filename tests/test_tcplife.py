@@ -158,7 +158,7 @@ def test_curl_python_http_server(kernel, no_leaks, workdir):  # noqa: F811
     size = 150_001
     port, nobody, srv_cm = http_server(workdir, size)
     with srv_cm as srv:
-        srv.wait_listening(port)
+        srv.wait_listening(port, timeout=60)     # under emulation, beside a loading tracer: seconds
         with Life("-P", port) as life:
             cpid, [(req, hdr, body, lport, code)] = curl(curl_bin, f"http://127.0.0.1:{port}/file.bin")
             rows = life.rows(2)
@@ -246,7 +246,7 @@ def test_side_by_side_with_libbpf_tools(kernel, no_leaks, workdir):  # noqa: F81
             time.sleep(0.05)
         assert lb_lines and lb_lines[0].split()[0] == "PID", lb.stderr.read() if lb.poll() is not None else ""
         with srv_cm as srv:
-            srv.wait_listening(port)
+            srv.wait_listening(port, timeout=60)     # under emulation, beside a loading tracer: seconds
             with Life("-P", port) as life:
                 clients = [curl(curl_bin, f"http://127.0.0.1:{port}/file.bin") for _ in range(requests)]
                 rows = life.rows(2 * requests)
