@@ -137,7 +137,8 @@ VM_TESTS ?= tests/test_engine.py tests/test_iterator.py tests/test_tcpsnoop.py t
 	tests/test_faults.py tests/test_real_programs.py tests/test_capture_oracle.py tests/test_kernel_support.py \
 	tests/test_tcpconnect.py tests/test_tcpaccept.py tests/test_tcpconnlat.py \
 	tests/test_pcapng.py \
-	tests/test_tcpretrans.py tests/test_tcpdrop.py tests/test_tcprtt.py
+	tests/test_tcpretrans.py tests/test_tcpdrop.py tests/test_tcprtt.py \
+	tests/test_tcplife.py tests/test_tcptop.py
 vmtest: setup
 	PYTRACER_BULK_BYTES=$(VM_BULK_BYTES) tests/vm/vmtest --kernel-package $(KERNEL) --timeout $(VM_TIMEOUT) -- \
 		$(abspath $(VPY)) -m pytest -q -rfEx -p no:cacheprovider \

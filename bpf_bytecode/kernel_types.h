@@ -100,6 +100,7 @@ struct sock_common {
 	possible_net_t skc_net;
 	struct in6_addr skc_v6_daddr;
 	struct in6_addr skc_v6_rcv_saddr;
+	unsigned long skc_flags;	/* 1 << enum sock_flags; recent kernels (6.18 has it), see sock___flags */
 } __pa;
 
 /* A typedef of an anonymous struct in the kernel (include/net/sock.h). */
@@ -122,6 +123,14 @@ struct sock {
 struct inet_sock {
 	__be16 inet_sport;		/* local port, network order; unlike skc_num kept when the port is released at CLOSE */
 } __pa;
+
+/* Where the socket flags were before they moved into sock_common (5.10 .. 6.12 at least). */
+struct sock___flags {
+	unsigned long sk_flags;		/* 1 << enum sock_flags */
+} __pa;
+
+/* enum sock_flags: SOCK_DEAD, SOCK_DONE, ... (unchanged since 2.6) */
+#define SOCK_DONE	1		/* TCP: the peer's FIN arrived (tcp_fin) */
 
 struct socket {
 	struct sock *sk;
@@ -305,6 +314,9 @@ struct tcp_sock {
 	__u32 rcv_nxt;			/* next sequence number expected */
 	__u32 srtt_us;			/* smoothed round trip time << 3, in microseconds (4.13+) */
 	__u64 bytes_received;		/* RFC 4898 tcpEStatsAppHCThruOctetsReceived */
+	__u64 bytes_acked;		/* RFC 4898 tcpEStatsAppHCThruOctetsAcked */
+	__u32 snd_una;			/* first byte we want an ack for */
+	__u32 write_seq;		/* tail(+1) of data held in the send buffer (our FIN included) */
 } __pa;
 
 /*

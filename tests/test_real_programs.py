@@ -364,8 +364,9 @@ def check_connection(cs, ss, family, client, acceptor, final_server, c_tx, c_rx,
     acc = of(ss, event="accept")
     assert [(e.dir, e.size, owner(e)) for e in acc] == [("in", syn.size, acceptor), ("out", synack_size, acceptor),
                                                         ("in", ack_size, acceptor)], acc
-    # (rarely seen broken under load: adopt() in tcpsnoop.bpf.c publishes the owner before it reserves the
-    # EV_ACCEPT record, so a segment on another CPU can be reported, named, before the accept lines)
+    # (rarely seen broken under load when adopt(), now in sockowner.bpf.h with tcpsnoop's hook, published the
+    # owner before it reserved the EV_ACCEPT record: a segment on another CPU was reported, named, before the
+    # accept lines)
     assert ss[:3] == acc, f"accept lines come first: {ss[:4]}"
     assert not of(ss, event="connect") and not of(cs, event="accept")
     # payload per direction: the per-segment lines add up to what the programs sent, on both ends

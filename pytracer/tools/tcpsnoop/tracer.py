@@ -14,16 +14,16 @@ with snaplen set: `pytracer -w`), else None. API users get Event objects.
 import socket
 import time
 import types
-from collections import OrderedDict
 from typing import NamedTuple
 
 from ... import abi, records
-from ...attach import tracepoint_exists
 from ...errors import PytracerError
+from ...toolkit import sockowner
 from ...toolkit.filters import Filters
 from ...toolkit.losses import Losses
 from ...toolkit.objects import object_path
 from ...toolkit.owners import escape_comm
+from ...toolkit.sockowner import have_sock_length_tracepoints  # noqa: F401 (pytracer.tcpsnoop's API)
 
 OBJECT = object_path("tcpsnoop")
 DEFAULT_RINGBUF = 4 << 20
@@ -40,7 +40,6 @@ LINE_FIELDS = ("ts", "event", "dir", "pid", "uid", "comm", "family", "laddr", "l
                "size", "payload", "netns", "tx_bytes", "rx_bytes", "duration_ms")
 CONN_FIELDS = ("pid", "uid", "comm", "family", "laddr", "lport", "raddr", "rport", "netns")
 MAX_CONNS = 4096
-SEED_ITERATORS = ("seed_owners", "seed_sockets")
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 # The record (bpf_bytecode/tcpsnoop.h) and its constants are read from the object's BTF. convert() unpacks
 # records by position, in this order; use_types() checks it against the record in BTF.
@@ -57,29 +56,6 @@ def object_types(path=OBJECT):
     tools that decode records they did not read from the kernel)."""
     btf, key = records.object_btf(path)
     return records.record_layout(btf, RECORD, key), types.SimpleNamespace(**records.enums(btf, ENUMS, key))
-
-
-def have_sock_length_tracepoints():
-    """Whether this kernel has sock:sock_{send,recv}_length (Linux 6.3+); without them the owner refresh
-    falls back to the syscall-entry program."""
-    return tracepoint_exists("sock/sock_send_length") and tracepoint_exists("sock/sock_recv_length")
-
-
-def wanted_program(prog, have_sock_len):
-    """Which programs to load: the owner refresh comes from sock:sock_{send,recv}_length where the kernel
-    has them (Linux 6.3+; raw tracepoints, attached by name), and from the syscall-entry program (much more
-    costly: it runs on every syscall) otherwise. The other programs are tp_btf: the loader itself refuses
-    them when the kernel's BTF lacks their tracepoint."""
-    kind, target = prog.attach_kind, prog.attach_target
-    name = target.rsplit("/", 1)[-1]
-    if name in ("sock_send_length", "sock_recv_length", "sys_enter_close"):
-        return have_sock_len    # below 6.3 the syscall-entry program sees close() too
-    if kind == "tp_btf" and target == "sys_enter":
-        return not have_sock_len
-    if kind == "tracepoint" and not tracepoint_exists(target):
-        raise PytracerError(f"this kernel has no tracepoint {target.replace('/', ':')}, which pytracer needs "
-                            f"({prog.name})")
-    return True
 
 
 class Conn:
@@ -166,10 +142,13 @@ class TcpSnoop:
         self.use_cache = use_cache
         self.obj = None
         self.lost_kernel = 0        # records the BPF side could not reserve (ring buffer full)
-        self.lost_pending = 0       # records dropped from the bounded pre-accept buffer
         self.skipped = 0            # program runs the kernel skipped (recursion protection)
         self.last_losses = {}
-        self._pending = OrderedDict()   # Conn.key -> [records whose owner is not known yet]
+        # Conn.key -> [records whose owner is not known yet]; handshake packets of connections never
+        # accepted are no process's, so no loss
+        self._held = sockowner.HeldRecords(PENDING_MAX_SOCKETS, PENDING_MAX_PER_SOCKET,
+                                           lambda item: item[1] != self.k.EV_HANDSHAKE)
+        self._pending = self._held.by_conn
         self._conns = {}            # identity bytes (see tcpsnoop.h) -> Conn
         self.fallbacks = []         # human-readable notes about kernel features we worked around
         self.started = False
@@ -190,13 +169,11 @@ class TcpSnoop:
             rodata["snaplen"] = self.snaplen
             sizes["captures"] = self.ringbuf_size
         self.obj = BPFObject(self.object_path, rodata=rodata, map_max_entries=sizes,
-                             programs=lambda p: wanted_program(p, have_sock_len), use_cache=self.use_cache)
+                             programs=lambda p: sockowner.wanted_program(p, have_sock_len),
+                             use_cache=self.use_cache)
         try:
             self.obj.attach()
-            # Sockets that exist already, registered after the live programs are attached so that none
-            # falls between the two: processes' descriptors first (owners), then the rest.
-            for name in SEED_ITERATORS:
-                self.obj.run_iterator(name)
+            sockowner.seed(self.obj)    # sockets that exist already
             self.rb = self.obj.ring_buffer("events")
             self.captures_rb = self.obj.ring_buffer("captures") if self.snaplen else None
             if self.snaplen:
@@ -394,18 +371,13 @@ class TcpSnoop:
                     self._lines(held, None, out)
                 out.append((ts, "reset", "out", conn, size, payload, None, cap))
 
+    @property
+    def lost_pending(self):
+        """Records dropped from the bounded pre-accept buffer."""
+        return self._held.lost
+
     def _hold(self, key, item):
-        held = self._pending.get(key)
-        if held is None:
-            if len(self._pending) >= PENDING_MAX_SOCKETS:
-                _, dropped = self._pending.popitem(last=False)
-                self.lost_pending += self._segments(dropped)
-            held = self._pending[key] = []
-        if len(held) >= PENDING_MAX_PER_SOCKET:
-            if item[1] != self.k.EV_HANDSHAKE:
-                self.lost_pending += 1
-            return
-        held.append(item)
+        self._held.hold(key, item)
 
     def _flush(self, key, owner, out):
         """Print what was held for connection `key` under `owner` (the record that names it passed the
@@ -447,17 +419,9 @@ class TcpSnoop:
             out.append((ts, name, "in" if direction else "out", c, size, payload, None, cap))
         return what
 
-    def _segments(self, held):
-        """Held records that were a tracked socket's segments (handshake packets of connections never
-        accepted belong to no process, and are not losses)."""
-        handshake = self.k.EV_HANDSHAKE
-        return sum(1 for item in held if item[1] != handshake)
-
     def abandon_pending(self):
         """Stopping: segments still held for an owner that never became known are lost ("pending")."""
-        for held in self._pending.values():
-            self.lost_pending += self._segments(held)
-        self._pending.clear()
+        self._held.abandon()
 
 
 _HELD_HANDSHAKE, _HELD_SEGMENT = 1, 2
