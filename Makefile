@@ -133,12 +133,22 @@ test: test-packages setup
 VM_TIMEOUT ?= 2400
 # The capture oracle's bulk transfer under emulation (40 MB on the host): GSO all the same, in its time limits.
 VM_BULK_BYTES ?= 8000000
+# The tool family under emulation: one test per tool (the one that needs the most of the kernel: the right
+# process, real bytes, the kernel's own counters), so that every tool runs on every CI kernel within CI's
+# time; their whole files run on the host (`make test`).
+VM_TOOL_TESTS ?= 'tests/test_tcpconnect.py::test_loopback_connects[4]' \
+	'tests/test_tcpconnect.py::test_refused_connects_name_the_error_and_the_process[6]' \
+	'tests/test_tcpaccept.py::test_loopback_accepts_name_the_server[4]' \
+	tests/test_tcpconnlat.py::test_a_retransmitted_syn_is_in_the_latency \
+	'tests/test_tcplife.py::test_peers_on_loopback[6-::1]' \
+	'tests/test_tcptop.py::test_bytes_per_process_and_connection[4-127.0.0.1]' \
+	'tests/test_tcpretrans.py::test_dropped_segment_retransmissions[4]' \
+	'tests/test_tcpdrop.py::test_syn_to_a_closed_port[6]' \
+	tests/test_tcprtt.py::test_histogram_holds_every_probe_event \
+	'tests/test_pcapng.py::test_loopback_packets_equal_tcpdump[4]'
 VM_TESTS ?= tests/test_engine.py tests/test_iterator.py tests/test_tcpsnoop.py tests/test_cli.py \
 	tests/test_faults.py tests/test_real_programs.py tests/test_capture_oracle.py tests/test_kernel_support.py \
-	tests/test_tcpconnect.py tests/test_tcpaccept.py tests/test_tcpconnlat.py \
-	tests/test_pcapng.py \
-	tests/test_tcpretrans.py tests/test_tcpdrop.py tests/test_tcprtt.py \
-	tests/test_tcplife.py tests/test_tcptop.py
+	$(VM_TOOL_TESTS)
 vmtest: setup
 	PYTRACER_BULK_BYTES=$(VM_BULK_BYTES) tests/vm/vmtest --kernel-package $(KERNEL) --timeout $(VM_TIMEOUT) -- \
 		$(abspath $(VPY)) -m pytest -q -rfEx -p no:cacheprovider \
