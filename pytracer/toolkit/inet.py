@@ -1,16 +1,6 @@
-"""Connections as the connection tools print them: addresses of a record as text, the IP version column,
-and kernel times (bpf_ktime_get_ns, CLOCK_MONOTONIC) as wall-clock seconds."""
-import socket
+"""Kernel times (bpf_ktime_get_ns, CLOCK_MONOTONIC) as wall-clock seconds, as the tools print them.
+(Addresses as text are toolkit/addresses.py's.)"""
 import time
-
-IP_VERSION = {socket.AF_INET: 4, socket.AF_INET6: 6}
-
-
-def address(family, raw):
-    """A record's 16-byte address field as text (IPv4 in its first 4 bytes)."""
-    if family == socket.AF_INET:
-        return socket.inet_ntop(socket.AF_INET, raw[:4])
-    return socket.inet_ntop(socket.AF_INET6, raw[:16])
 
 
 class Clock:

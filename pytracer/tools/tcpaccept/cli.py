@@ -3,7 +3,8 @@ that accepted it (the syscall's return runs in that process; the handshake befor
 import sys
 
 from ...toolkit import cli as tool_cli
-from ...toolkit.inet import IP_VERSION, Clock, address
+from ...toolkit.addresses import ip_version, ntop
+from ...toolkit.inet import Clock
 from ...toolkit.objects import object_path
 from ...toolkit.owners import escape_comm
 from ...toolkit.tracer import RingBufferTracer
@@ -25,8 +26,8 @@ class TcpAccept(RingBufferTracer):
     def convert(self, records, out):
         wall = self.clock.wall
         for ts, pid, uid, netns, lport, rport, laddr, raddr, comm, family in records:
-            out.append((wall(ts), pid, uid, escape_comm(comm), IP_VERSION.get(family, family),
-                        address(family, laddr), lport, address(family, raddr), rport, netns))
+            out.append((wall(ts), pid, uid, escape_comm(comm), ip_version(family),
+                        ntop(family, laddr), lport, ntop(family, raddr), rport, netns))
 
 
 class Columns(TextWriter):

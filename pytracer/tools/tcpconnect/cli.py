@@ -12,7 +12,8 @@ import sys
 
 from ...attach import tracepoint_exists
 from ...toolkit import cli as tool_cli
-from ...toolkit.inet import IP_VERSION, Clock, address
+from ...toolkit.addresses import ip_version, ntop
+from ...toolkit.inet import Clock
 from ...toolkit.objects import object_path
 from ...toolkit.owners import escape_comm
 from ...toolkit.tracer import RingBufferTracer
@@ -58,8 +59,8 @@ class TcpConnect(RingBufferTracer):
     def convert(self, records, out):
         wall, results = self.clock.wall, self.results
         for start, end, pid, uid, netns, err, lport, rport, laddr, raddr, comm, family, result in records:
-            out.append((wall(end), pid, uid, escape_comm(comm), IP_VERSION.get(family, family),
-                        address(family, laddr), lport, address(family, raddr), rport, netns,
+            out.append((wall(end), pid, uid, escape_comm(comm), ip_version(family),
+                        ntop(family, laddr), lport, ntop(family, raddr), rport, netns,
                         results.get(result, str(result)), error_name(err), (end - start) // 1000))
 
 

@@ -4,7 +4,8 @@ import argparse
 import sys
 
 from ...toolkit import cli as tool_cli
-from ...toolkit.inet import IP_VERSION, Clock, address
+from ...toolkit.addresses import ip_version, ntop
+from ...toolkit.inet import Clock
 from ...toolkit.objects import object_path
 from ...toolkit.owners import escape_comm
 from ...toolkit.tracer import RingBufferTracer
@@ -28,8 +29,8 @@ class TcpConnLat(RingBufferTracer):
     def convert(self, records, out):
         wall = self.clock.wall
         for lat, end, pid, uid, netns, lport, rport, laddr, raddr, comm, family in records:
-            out.append((wall(end), pid, uid, escape_comm(comm), IP_VERSION.get(family, family),
-                        address(family, laddr), lport, address(family, raddr), rport, netns, lat // 1000))
+            out.append((wall(end), pid, uid, escape_comm(comm), ip_version(family),
+                        ntop(family, laddr), lport, ntop(family, raddr), rport, netns, lat // 1000))
 
 
 class Columns(TextWriter):
