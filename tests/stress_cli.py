@@ -96,6 +96,7 @@ def one(tmp, sig):
         for e in mine:
             print("  line", e["ts"], e["event"], e["dir"], e["pid"], e["comm"], e["lport"], e["rport"], e["payload"])
         print(open(log).read())
+        print("FAIL summary", problems, "lost", lost)
     return not problems
 
 
