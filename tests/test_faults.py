@@ -15,8 +15,10 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -218,6 +220,54 @@ def test_exit_leaves_only_the_detaching_to_a_child(kernel, tmp_path):
         assert os.getsid(pid) == pid, targets
         assert set(targets) <= {"anon_inode:bpf_link", "anon_inode:[perf_event]"}, targets
     assert_nothing_left(ids, before, "exit")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_during_a_burst_drops_no_record(kernel, tmp_path, sig):
+    """A signal that arrives while the tracer works through a burst of records: every record it took from
+    the ring buffer is still printed. (The handler used to raise at once, and a batch read but not yet
+    written vanished unreported: about 10,000 of 40,000 one-byte segments on 6.18; on 6.1 under emulation one
+    segment of test_signal_ends_quietly_and_reports_what_it_read.) The tracer is stopped (SIGSTOP) while
+    the burst is sent, so it has many records to work through when it continues and gets the signal."""
+    nseg = 10_000 if os.environ.get("VMTEST") else 40_000
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    port = ls.getsockname()[1]
+    got = []
+
+    def serve():
+        c, _ = ls.accept()
+        n = 0
+        while True:
+            b = c.recv(65536)
+            if not b:
+                break
+            n += len(b)
+        c.close()
+        got.append(n)
+
+    server = threading.Thread(target=serve)
+    server.start()
+    t = Tracer(tmp_path, "-j", "-P", str(port), "--ringbuf-mb", "64").attached()
+    try:
+        os.kill(t.pid, signal.SIGSTOP)
+        with socket.create_connection(("127.0.0.1", port)) as c:
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for _ in range(nseg):
+                c.send(b"x")
+    finally:
+        os.kill(t.pid, signal.SIGCONT)
+        server.join(60)
+        ls.close()
+    time.sleep(0.05)        # it is working through the burst now
+    assert t.stop(sig) == 0
+    assert_quiet_exit(t, 0)
+    events = t.json_lines()
+    lost = [e for e in events if e.get("event") == "lost"]
+    recv = sum(e["payload"] for e in events if e.get("event") == "recv" and e["lport"] == port)
+    assert got == [nseg]
+    assert recv >= nseg or lost, f"recv lines carry {recv} of {nseg} bytes and no loss was reported"
 
 
 def test_sigterm_while_starting(kernel, tmp_path):

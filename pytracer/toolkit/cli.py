@@ -22,6 +22,38 @@ class Stop(Exception):
     """Raised from the SIGTERM handler to leave the read loop through the normal cleanup path."""
 
 
+class _StopSignals:
+    """SIGTERM (and SIGINT) end the run by raising Stop (KeyboardInterrupt) in the main thread: at once
+    during start-up, but not while a batch is in hand. Records taken from the ring buffer live only in
+    Python until their lines are written, and an exception raised between the two dropped them unreported
+    (a segment missing from the lines after a SIGTERM that found the tracer still working through a
+    burst). So inside `with signals:` a signal is only noted, and raise_noted() raises it once the batch
+    is out. One poll_lines() call both waits and reads, so the wait is inside too: a stop then comes when
+    the wait ends, at most one poll timeout (0.5 s) later."""
+
+    def __init__(self):
+        self.busy = False
+        self.noted = None           # the exception a signal asked for while busy
+
+    def handler(self, exc):
+        def on_signal(signum, frame):
+            if not self.busy:
+                raise exc()
+            self.noted = self.noted or exc
+        return on_signal
+
+    def __enter__(self):
+        self.busy = True
+
+    def __exit__(self, *exc):
+        self.busy = False
+
+    def raise_noted(self):
+        exc, self.noted = self.noted, None
+        if exc is not None:
+            raise exc()
+
+
 def port_list(text):
     """-P's value: one port or a comma-separated list of them ("80,443")."""
     try:
@@ -104,23 +136,16 @@ def _quiet_stdout():
 def run(argv, parse_args, make_tracer, make_writer):
     """Parse `argv` with `parse_args`, then trace until -d, Ctrl-C, SIGTERM or a closed stdout: the tool's
     exit status. `make_tracer(args)` returns the tracer (not started), `make_writer(args, t0)` its writer."""
-    reading = {"on": False, "stop": False}
-
-    def on_term(signum, frame):
-        # In the read loop a SIGTERM ends it between two reads (within its 0.5 s wait), like -d: raised in
-        # the middle of turning records into lines it would lose what was read and cut a line in half.
-        # Before (loading, attaching) it ends at once.
-        if reading["on"]:
-            reading["stop"] = True
-            return
-        raise Stop()
-
+    signals = _StopSignals()
     # first of all, so that a SIGTERM at any moment takes the same quiet way out
-    signal.signal(signal.SIGTERM, on_term)
-    # and Ctrl-C/SIGINT too when started with SIGINT ignored (a background job of a shell script), where
-    # Python would keep ignoring it and the tracer could only be stopped by SIGTERM
-    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signals.handler(Stop))
+    # and Ctrl-C/SIGINT the same way where Python's own handler is in place, or where SIGINT was ignored (a
+    # background job of a shell script: Python would keep ignoring it and the tracer could only be stopped
+    # by SIGTERM); an embedding program's own handler stays
+    old_int = signal.getsignal(signal.SIGINT)
+    own_int = old_int in (signal.SIG_IGN, signal.default_int_handler)
+    if own_int:
+        signal.signal(signal.SIGINT, signals.handler(KeyboardInterrupt))
     a = parse_args(sys.argv[1:] if argv is None else argv)
     from ..syscall import missing_capabilities
 
@@ -145,25 +170,28 @@ def run(argv, parse_args, make_tracer, make_writer):
         end = None if a.duration is None else time.monotonic() + a.duration
         last_loss_check = 0.0
         idle = getattr(writer, "idle", None)    # a writer holding lines back gets a tick when none come
-        reading["on"] = True
-        while not reading["stop"]:
+        while True:
             now = time.monotonic()
             if end is not None and now >= end:
                 break
             wait = 0.5 if end is None else min(0.5, end - now)
-            lines = tracer.poll_lines(wait)
-            if lines:
-                writer.write(lines)
-            elif idle is not None:
-                idle()
-            if now - last_loss_check >= 0.5:
-                last_loss_check = now
-                _report_losses(tracer, writer)
-        _drain(tracer, writer)
-        _finish(writer)
+            with signals:
+                lines = tracer.poll_lines(wait)
+                if lines:
+                    writer.write(lines)
+                elif idle is not None:
+                    idle()
+                if now - last_loss_check >= 0.5:
+                    last_loss_check = now
+                    _report_losses(tracer, writer)
+            signals.raise_noted()
+        with signals:
+            _drain(tracer, writer)
+            _finish(writer)
         return 0
     except (KeyboardInterrupt, Stop):
-        _final_report(tracer, writer)
+        with signals:    # a second signal cannot cut the final drain short either
+            _final_report(tracer, writer)
         return 0
     except BrokenPipeError:
         _quiet_stdout()
@@ -174,6 +202,8 @@ def run(argv, parse_args, make_tracer, make_writer):
     finally:
         quiet()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if own_int:
+            signal.signal(signal.SIGINT, old_int)
         if tracer is not None:
             if tracer.obj is not None:
                 tracer.obj.close(background=True)      # the process exits next
