@@ -129,22 +129,6 @@ def _held_by_others():
     return held
 
 
-def fallback_kernel():
-    """True where the tracer learns owners from system calls (Linux < 6.3: the 6.1 fallback)."""
-    from pytracer.tcpsnoop import have_sock_length_tracepoints
-
-    return not have_sock_length_tracepoints()
-
-
-def check_or_known_fallback_issue(ok, what):
-    """Assert `ok`; but on a fallback kernel a failure is one of its open, timing-dependent bugs (seen on 6.1
-    under qemu only: a received segment missing from the lines, unreported; lines of an accepted connection
-    left without their owner). Those are marked XFAIL with `what`, visible in the run, not passed; anywhere
-    else the test fails."""
-    if not ok and fallback_kernel():
-        pytest.xfail(f"open issue of the syscall fallback (Linux < 6.3): {what}")
-
-
 def obj_path(name):
     return os.path.join(OBJDIR, f"{name}.bpf.o")
 
