@@ -321,6 +321,11 @@ def tools(cache_dir=None, port=None):
         "pytracer -w": Tool("pytracer -w", pyargs + ["-w", "-"], 0, env, "pytracer"),
         "tcpdump -w": Tool("tcpdump -w", ["tcpdump", "-i", "any", "-n", "-U", "-s", "262144", "-w", "-",
                                           f"tcp port {port}" if port else "tcp"], 0, ready_text=b"listening on"),
+        # pytracer's tools next to their libbpf-tools counterparts (same workload, CPU per event)
+        # (unfiltered, as libbpf-tools' tcplife: a row for each end of every connection)
+        "pytracer tcplife": Tool("pytracer tcplife", [PY, "-m", "pytracer", "tcplife"], 1, env, "pytracer"),
+        "pytracer tcpstates": Tool("pytracer tcpstates", [PY, "-m", "pytracer", "tcpstates"] +
+                                   (["-P", str(port)] if port else []), 1, env, "pytracer"),
         "tcplife": Tool("tcplife", [LIBBPF_TOOLS["tcplife"]], 1),
         "tcpstates": Tool("tcpstates", [LIBBPF_TOOLS["tcpstates"]], 1),
         "bpftrace": Tool("bpftrace", ["bpftrace", BPFTRACE_SCRIPT], 2),

@@ -23,7 +23,8 @@ import common  # noqa: E402
 
 DEFAULTS = {
     "conn": {"rates": "1000,4000,8000,12000,16000,0",
-             "tools": "pytracer,pytracer -j,pytracer --no-data,tcplife,tcpstates,bpftrace"},
+             "tools": "pytracer,pytracer -j,pytracer --no-data,pytracer tcplife,tcplife,pytracer tcpstates,tcpstates,"
+                       "bpftrace"},
     "stream": {"rates": "10000,50000,100000,150000,200000,0", "tools": "pytracer,pytracer -j"},
 }
 COMPLETE = 0.99
