@@ -528,7 +528,7 @@ def startup_sockets_section(ss):
                "namespace, `iter/tcp` only registers the sockets of pytracer's namespace (the kernel still walks "
                f"the established-hash table they share: tcp_child_ehash_entries = "
                f"{ss.get('tcp_child_ehash_entries', '?')}). \"Without the pass\": a child with "
-               "`tcpsnoop.SEED_ITERATORS = ()`; the pass is each `run_iterator()` call inside start(), timed by "
+               "`toolkit.sockowner.SEED_ITERATORS = ()`; the pass is each `run_iterator()` call inside start(), timed by "
                "wrapping it; \"again\": the same pass right after (every socket registered already: the walk "
                "and a lookup per socket, no inserts); objects visited and the BPF programs' own run time from "
                "the kernel's BPF statistics (BPF_ENABLE_STATS, on only in a separate child per visit; the rest "

@@ -13,7 +13,7 @@ Per scenario visit, --runs times each (alternated):
   exec     `python -m pytracer` exec -> header line on a pty, warm cache (as startup.py's "warm")
   seed     a child that times TcpSnoop.start() and each run_iterator() call in it (wrapped from outside),
            then runs both iterators again (every socket now registered: the walk without the inserts)
-  none     the same child with tcpsnoop.SEED_ITERATORS = () (monkeypatched): start() without the pass
+  none     the same child with toolkit.sockowner.SEED_ITERATORS = () (monkeypatched): start() without the pass
 and once per visit a `stats` child: the seed child with the kernel's BPF run-time statistics on
 (BPF_ENABLE_STATS, only while that child runs), for the time spent in the iterator programs themselves
 (run_time_ns), in the first pass and in the second, and how many objects each visited (run_cnt); the rest
@@ -46,6 +46,7 @@ def inner(mode):
     pass of each iterator; prints JSON (milliseconds)."""
     sys.path.insert(0, common.ROOT)
     from pytracer import abi, tcpsnoop
+    from pytracer.toolkit import sockowner
     from pytracer.loader import BPFObject
     from pytracer.syscall import bpf
 
@@ -61,7 +62,7 @@ def inner(mode):
 
     BPFObject.run_iterator = run_iterator
     if mode == "none":
-        tcpsnoop.SEED_ITERATORS = ()
+        sockowner.SEED_ITERATORS = ()
     stats_fd = bpf(abi.Cmd.ENABLE_STATS, struct.pack("<I", BPF_STATS_RUN_TIME)) if mode == "stats" else None
     snoop = tcpsnoop.TcpSnoop()
     try:
@@ -71,14 +72,14 @@ def inner(mode):
         res["iterators_ms"] = dict(calls)
         def prog_stats():
             return {name: struct.unpack_from("<QQ", snoop.obj.programs[name].info(), PROG_INFO_RUN_TIME)
-                    for name in tcpsnoop.SEED_ITERATORS}
+                    for name in sockowner.SEED_ITERATORS}
 
         if mode == "stats":
             first = prog_stats()
             res["programs"] = {name: {"run_ms": ns / 1e6, "run_cnt": cnt} for name, (ns, cnt) in first.items()}
         if mode != "none":
             calls.clear()
-            for name in tcpsnoop.SEED_ITERATORS:
+            for name in sockowner.SEED_ITERATORS:
                 snoop.obj.run_iterator(name)
             res["rerun_ms"] = dict(calls)
         if mode == "stats":
