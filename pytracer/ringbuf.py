@@ -83,6 +83,11 @@ class RingBuffer:
         except InterruptedError:  # pragma: no cover - Python retries EINTR itself since 3.5
             return False
 
+    def wake_on(self, fd: int) -> None:
+        """Also end poll()'s wait when `fd` is readable (a command's signal wakeup pipe: a stop request
+        does not wait for the poll's timeout). poll() then returns True with maybe no record."""
+        self._epoll.register(fd, select.EPOLLIN)
+
     # -- reading ---------------------------------------------------------------------------------------
     def read(self, record: struct.Struct, limit: int = 1 << 30) -> list[tuple]:
         """Drain committed records, decoding each with `record` (a struct.Struct of the record payload).

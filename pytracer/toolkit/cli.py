@@ -28,12 +28,14 @@ class _StopSignals:
     Python until their lines are written, and an exception raised between the two dropped them unreported
     (a segment missing from the lines after a SIGTERM that found the tracer still working through a
     burst). So inside `with signals:` a signal is only noted, and raise_noted() raises it once the batch
-    is out. One poll_lines() call both waits and reads, so the wait is inside too: a stop then comes when
-    the wait ends, at most one poll timeout (0.5 s) later."""
+    is out. One poll_lines() call both waits and reads, so the wait is inside too; that the stop does not
+    wait for the poll's timeout, the signal also writes to a wakeup pipe the ring buffer's poll watches
+    (`watch`)."""
 
     def __init__(self):
         self.busy = False
         self.noted = None           # the exception a signal asked for while busy
+        self._pipe = self._old_wakeup = None
 
     def handler(self, exc):
         def on_signal(signum, frame):
@@ -41,6 +43,14 @@ class _StopSignals:
                 raise exc()
             self.noted = self.noted or exc
         return on_signal
+
+    def watch(self, rb):
+        """Make a signal end `rb.poll()`'s wait (the interpreter writes a byte to the pipe per signal)."""
+        r, w = self._pipe = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        self._old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        rb.wake_on(r)
 
     def __enter__(self):
         self.busy = True
@@ -52,6 +62,18 @@ class _StopSignals:
         exc, self.noted = self.noted, None
         if exc is not None:
             raise exc()
+        if self._pipe is not None:
+            try:
+                os.read(self._pipe[0], 256)     # a signal that asked for nothing (none of ours)
+            except BlockingIOError:
+                pass
+
+    def close(self):
+        if self._pipe is not None:
+            signal.set_wakeup_fd(self._old_wakeup)
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
 
 
 def port_list(text):
@@ -167,6 +189,8 @@ def run(argv, parse_args, make_tracer, make_writer):
             print(f"pytracer: note: {note}", file=sys.stderr)
         writer = make_writer(a, time.time())
         writer.header()
+        if getattr(tracer, "rb", None) is not None:
+            signals.watch(tracer.rb)
         end = None if a.duration is None else time.monotonic() + a.duration
         last_loss_check = 0.0
         idle = getattr(writer, "idle", None)    # a writer holding lines back gets a tick when none come
@@ -204,6 +228,7 @@ def run(argv, parse_args, make_tracer, make_writer):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if own_int:
             signal.signal(signal.SIGINT, old_int)
+        signals.close()
         if tracer is not None:
             if tracer.obj is not None:
                 tracer.obj.close(background=True)      # the process exits next
