@@ -280,6 +280,38 @@ def test_iperf3_bulk_equals_tcpdump(no_leaks, tools, tmp):
         assert len(pkt.data) <= pkt.orig_len
 
 
+def test_redis_equals_tcpdump(no_leaks, tools, tmp):
+    """redis-server and redis-benchmark (10 clients, pipelined SET/GET) on loopback: the same packets as
+    tcpdump's capture, each labelled with both ends, redis-server's and redis-benchmark's."""
+    redis_server, bench = need("redis-server", "redis-server"), need("redis-benchmark", "redis-tools")
+    port = free_port(4)
+    out = os.path.join(tmp, "out.pcapng")
+    srv = subprocess.Popen([redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                            "--appendonly", "no", "--dir", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dump = tracer = None
+    try:
+        _wait_listening("127.0.0.1", port)
+        dump = Tcpdump(tools["tcpdump"], "lo", os.path.join(tmp, "dump.pcap"), f"tcp port {port}")
+        tracer = Pytracer("-P", str(port), "-w", out, path=out).wait_ready()
+        r = subprocess.run([bench, "-h", "127.0.0.1", "-p", str(port), "-c", "10", "-n", "2000", "-P", "4",
+                            "-t", "set,get", "-q"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        tracer.stop()
+        dump.stop()
+    finally:
+        for p in (tracer, dump):
+            if p is not None:
+                p.kill()
+        srv.terminate()
+        srv.wait()
+    ours, theirs = packets(out), packets(dump.path)
+    assert len(ours) == len(theirs) and len(ours) > 100, differences(ours, theirs)
+    assert per_connection(ours) == per_connection(theirs), differences(ours, theirs)
+    for _, pkt, _ in ours:
+        (label,) = pkt.comments     # both ends: the server and the benchmark client
+        assert " | peer pid=" in label and "comm=redis-server" in label and "comm=redis-benchmark" in label, label
+
+
 def _wait_listening(host, port, timeout=20):
     """Until a socket listens on `port` (read from /proc/net/tcp*: a probe connection's packets could fall
     into the captures, half before pytracer started)."""
