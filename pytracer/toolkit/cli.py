@@ -84,6 +84,13 @@ def port_list(text):
         raise argparse.ArgumentTypeError(f"not a port or a comma-separated list of ports: {text!r}") from None
 
 
+def owner_helps(what):
+    """`parser(helps=...)` wording of the owner flags for a tool whose lines are `what` (e.g. "connects")."""
+    return {"--pid": f"only {what} by this process (repeatable)", "--uid": f"only {what} by this user id",
+            "--comm": f"only {what} by a task with this name",
+            "--cgroup": f"only {what} by tasks in this cgroup v2 (or below)"}
+
+
 def parser(prog, description, tool_flags=None, own_short=(), helps=None, owner_flags=True, port_flag=True):
     """An ArgumentParser with the common flags; `tool_flags(parser)` adds the tool's own (after --cgroup).
     `own_short`: short options the tool gives a meaning of its own (e.g. tcpconnect's -c, count), which the

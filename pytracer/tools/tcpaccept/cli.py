@@ -56,11 +56,7 @@ class Columns(TextWriter):
 def parse_args(argv):
     p = tool_cli.parser("pytracer tcpaccept", DESCRIPTION,
                         helps={"--port": "only connections accepted on this local port (repeatable, or a "
-                                         "comma-separated list)",
-                               "--pid": "only accepts by this process (repeatable)",
-                               "--uid": "only accepts by this user id",
-                               "--comm": "only accepts by a task with this name",
-                               "--cgroup": "only accepts by tasks in this cgroup v2 (or below)"})
+                                         "comma-separated list)", **tool_cli.owner_helps("accepts")})
     return tool_cli.parse(p, argv)
 
 

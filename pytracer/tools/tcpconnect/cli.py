@@ -143,10 +143,7 @@ def _flags(p):
 def parse_args(argv):
     p = tool_cli.parser("pytracer tcpconnect", DESCRIPTION, _flags, own_short=("-c",),
                         helps={"--port": "only connects to this remote port (repeatable, or a comma-separated list)",
-                               "--pid": "only connects by this process (repeatable)",
-                               "--uid": "only connects by this user id",
-                               "--comm": "only connects by a task with this name",
-                               "--cgroup": "only connects by tasks in this cgroup v2 (or below)"})
+                               **tool_cli.owner_helps("connects")})
     return tool_cli.parse(p, argv)
 
 
