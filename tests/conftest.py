@@ -173,3 +173,30 @@ def wait_attached(proc, timeout=120.0):
             pass
         time.sleep(0.05)
     raise AssertionError("pytracer did not attach")
+
+
+def start_tool(tool, *args):
+    """`pytracer TOOL ARGS` with stdout and stderr piped, returned once its programs are attached."""
+    p = subprocess.Popen(pytracer_cmd(tool, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=run_env())
+    try:
+        wait_attached(p)
+    except BaseException:
+        stop_tool(p)
+        raise
+    return p
+
+
+def stop_tool(p, timeout=60):
+    """SIGTERM (the tool drains what it read and exits 0): its stdout and stderr; exit 0 is asserted."""
+    import signal
+
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+    assert p.returncode == 0, err
+    return out, err

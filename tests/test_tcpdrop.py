@@ -3,14 +3,13 @@
 the packet's tuple and flags, the drop reason as the running kernel names it and a kernel stack that runs
 through the function that dropped it."""
 import json
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import pytracer_cmd, run_env, wait_attached
+from conftest import start_tool, stop_tool
 from netlab import NetnsPair
 from pytracer.toolkit.kernel_btf import enum_names, tracepoint_args
 
@@ -32,25 +31,11 @@ def expected_reason(name, older=None):
 
 
 def start_tracer(*args):
-    p = subprocess.Popen(pytracer_cmd("tcpdrop", "-j", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=run_env())
-    try:
-        wait_attached(p)
-    except BaseException:
-        stop_tracer(p)
-        raise
-    return p
+    return start_tool("tcpdrop", "-j", *args)
 
 
 def stop_tracer(p):
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-    try:
-        out, err = p.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-    assert p.returncode == 0, err
+    out, err = stop_tool(p)
     lines = [json.loads(ln) for ln in out.splitlines() if ln.strip()]
     assert not [e for e in lines if e.get("event") == "lost"], lines
     return lines
@@ -232,16 +217,12 @@ def test_columns(pair):
     one frame a line (tab-indented), then an empty line."""
     cli, srv = pair.addr[6]
     port = 40000 + (hash(pair.b) % 20000)
-    p = subprocess.Popen(pytracer_cmd("tcpdrop", "-P", str(port)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=run_env())
+    p = start_tool("tcpdrop", "-P", str(port))
     try:
-        wait_attached(p)
         verdict, cport = in_ns(pair, pair.a, CONNECT, srv, port, 5).split()
         time.sleep(0.3)
     finally:
-        p.send_signal(signal.SIGTERM)
-        out, err = p.communicate(timeout=60)
-    assert p.returncode == 0, err
+        out, err = stop_tool(p)
     lines = out.splitlines()
     assert lines[0].split() == ["TIME", "PID", "IP", "SADDR:SPORT", ">", "DADDR:DPORT", "STATE", "(FLAGS)", "REASON"]
     at = [i for i, ln in enumerate(lines) if f"[{cli}]:{cport} " in ln]

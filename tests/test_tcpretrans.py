@@ -3,14 +3,12 @@ pair of network namespaces, whose counters say exactly how many packets were dro
 each retransmission with the connection's tuple and state, and -c must count them."""
 import json
 import os
-import signal
-import subprocess
 import time
 
 import pytest
 
 import traffic
-from conftest import pytracer_cmd, run_env, wait_attached
+from conftest import start_tool, stop_tool
 from netlab import NetnsPair
 
 PAYLOAD = 300           # one small segment: IP packet > 200 bytes, a pure ACK < 100
@@ -24,26 +22,12 @@ def pair(kernel):
 
 
 def start_tracer(*args):
-    p = subprocess.Popen(pytracer_cmd("tcpretrans", *args), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=run_env())
-    try:
-        wait_attached(p)
-    except BaseException:
-        stop_tracer(p)
-        raise
-    return p
+    return start_tool("tcpretrans", *args)
 
 
 def stop_tracer(p):
     """SIGTERM (the tool drains what it read and exits 0); its JSON lines and stderr."""
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-    try:
-        out, err = p.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-    assert p.returncode == 0, err
+    out, err = stop_tool(p)
     if "-j" not in p.args:
         return out.splitlines(), err
     return [json.loads(ln) for ln in out.splitlines() if ln.strip()], err
