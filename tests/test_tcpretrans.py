@@ -2,7 +2,6 @@
 pair of network namespaces, whose counters say exactly how many packets were dropped; the tool must report
 each retransmission with the connection's tuple and state, and -c must count them."""
 import json
-import os
 import time
 
 import pytest
