@@ -22,6 +22,7 @@ RecursionError in its context chain (read_object converts every exception into O
 the only way to see a blow-up there).
 """
 import contextlib
+import functools
 import glob
 import io
 import json
@@ -789,17 +790,22 @@ def target_core(which, params):
 
 # --- records -> lines -> output ------------------------------------------------------------------------
 
-def record_layout():
+@functools.lru_cache(maxsize=1)
+def _object_types():
+    # Once per process: object_types() hashes the whole object for its cache key, and pack_record runs
+    # for every record a test makes.
     from pytracer import tcpsnoop
 
-    return tcpsnoop.object_types()[0]
+    return tcpsnoop.object_types()
+
+
+def record_layout():
+    return _object_types()[0]
 
 
 def constants():
     """tcpsnoop's event types and flags (EV_*, ATTR_*, TH_*), from its object's BTF."""
-    from pytracer import tcpsnoop
-
-    return tcpsnoop.object_types()[1]
+    return _object_types()[1]
 
 
 def record_codec():
