@@ -169,3 +169,51 @@ def test_losses_are_reported(kernel, no_leaks, mode):
         assert sum(sum(o["reasons"].values()) for o in lost) == sum(o["count"] for o in lost)
     else:
         assert re.search(r"pytracer: \d+ events lost \(\d+ found the ring buffer full", err), err
+
+
+def test_sigterm_while_stdout_is_a_full_pipe_loses_no_line(kernel):
+    """A reader that has not kept up (the pipe is full and pytracer waits in write()) then a SIGTERM:
+    the write in progress ends whole and every line after it follows.  CPython's own stdout dropped the
+    rest of that write (a line cut off mid-way, the next ones gone) when the signal interrupted it."""
+    import signal
+    import socket
+    import threading
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+
+    def serve():
+        for _ in range(N_CONNS):
+            c, _ = srv.accept()
+            while c.recv(65536):
+                pass
+            c.close()
+
+    p = subprocess.Popen(pytracer_cmd("-j", "-P", str(port)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=run_env())
+    try:
+        wait_attached(p)
+        t = threading.Thread(target=serve)
+        t.start()
+        for _ in range(N_CONNS):        # ~18 lines each: the 64 kB pipe is full after the first ~20
+            with socket.create_connection(("127.0.0.1", port)) as c:
+                c.sendall(b"x" * 100)
+        t.join(timeout=60)
+        time.sleep(1)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    finally:
+        srv.close()
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 0, err
+    lines = out.decode().splitlines()
+    assert len(out) > 10 * 65536, len(out)
+    events = [json.loads(ln) for ln in lines]
+    assert not [e for e in events if e["event"] == "lost"]
+    closes = [e for e in events if e["event"] == "close"]
+    assert sorted(e["lport"] == port for e in closes) == [False] * N_CONNS + [True] * N_CONNS
+
+
+N_CONNS = 400

@@ -15,6 +15,7 @@ import time
 
 from .. import __version__, kernel_report
 from ..errors import PytracerError, on_warning
+from . import stdout
 from .filters import Filters
 
 
@@ -287,6 +288,7 @@ def _observed():
 
 def main(run_tool):
     """The process's exit: `run_tool()` returns the status (Ctrl-C during start-up is status 0 too)."""
+    stdout.install()
     try:
         status = run_tool()
     except (KeyboardInterrupt, Stop):
