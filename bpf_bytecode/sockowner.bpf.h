@@ -12,6 +12,8 @@
  * The programs (a tool loads those it needs, pytracer/toolkit/sockowner.py):
  *   on_state        tp_btf/inet_sock_set_state: entries are made at connect()
  *                   and when a listener's child is created; TCP_CLOSE ends them
+ *   on_state_nested, on_destroy_nested  the same tracepoints: the runs that
+ *                   nest in on_state, on_destroy (nest.bpf.h)
  *   on_destroy      tp_btf/tcp_destroy_sock: the entry goes
  *   on_accept(4)    sys_exit_accept(4): the accepting process owns the socket
  *   on_close        sys_enter_close: the owner lets go (loaded where
@@ -83,6 +85,7 @@ struct tuple {
  */
 #include "owner.bpf.h"	/* struct owner, owner_pass(), current_owner() */
 #include "fd.bpf.h"	/* a descriptor -> its file -> its TCP socket */
+#include "nest.bpf.h"	/* TP_BTF_NESTABLE */
 
 struct sock_info {
 	__u64 start_ns;		/* 0 = connection predates the tracer */
@@ -403,22 +406,21 @@ static __always_inline void task_owner(struct task_struct *task, struct owner *o
 }
 
 /* ---- 1. socket state changes ------------------------------------------------------ */
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(on_state, struct sock *sk, int oldstate, int newstate)
+static __always_inline void state_change(struct sock *sk, int oldstate, int newstate)
 {
 	__u64 skp = (__u64)sk;
 	struct sock_info *si;
 	struct sock_info fresh;
 
 	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return 0;
+		return;
 
 	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
 		/* connect(): runs in the connecting task; no local port yet */
 		init_entry(&fresh, skp, 1, 0, bpf_ktime_get_ns());
 		fresh.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 		bpf_map_update_elem(&socks, &skp, &fresh, BPF_ANY);
-		return 0;
+		return;
 	}
 
 	if (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV) {
@@ -432,7 +434,7 @@ int BPF_PROG(on_state, struct sock *sk, int oldstate, int newstate)
 		fresh.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 		fresh.state_flags = SI_PASSIVE;
 		bpf_map_update_elem(&socks, &skp, &fresh, BPF_ANY);
-		return 0;
+		return;
 	}
 
 	if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
@@ -446,47 +448,64 @@ int BPF_PROG(on_state, struct sock *sk, int oldstate, int newstate)
 				si->netns = si->tuple.netns;
 				insert_tuple(si, skp);
 			}
-			return 0;
+			return;
 		}
 		/* created before the tracer started: owner unknown */
 		init_entry(&fresh, skp, 0, 1, bpf_ktime_get_ns());
 		fresh.state_flags |= SI_PASSIVE | SI_ESTABLISHED;
 		if (bpf_map_update_elem(&socks, &skp, &fresh, BPF_ANY))
-			return 0;
+			return;
 		si = bpf_map_lookup_elem(&socks, &skp);
 		if (si && (si->state_flags & SI_TUPLE_SET))
 			insert_tuple(si, skp);
-		return 0;
+		return;
 	}
 
 	si = bpf_map_lookup_elem(&socks, &skp);
 	if (!si || (si->state_flags & SI_CLOSED))
-		return 0;
+		return;
 	/* close() and shutdown() by the socket's last holder, under its lock */
 	adopt_if_locked(skp, si);
 	if (newstate != TCP_CLOSE)
-		return 0;
+		return;
+	/*
+	 * A listener's child closed before it ever was a connection: never
+	 * established, never on the wire as itself, never held.  When two CPUs
+	 * complete one handshake (the ACK and the first data segment), each
+	 * clones a child and the loser is closed at once (inet_ehash_nolisten);
+	 * it has the winner's tuple and nothing of its own to report.
+	 */
+	if (oldstate == TCP_SYN_RECV && !(si->o.flags & SI_OWNER_KNOWN) &&
+	    (si->state_flags & (SI_PASSIVE | SI_ESTABLISHED | SI_TUPLE_SET)) == SI_PASSIVE) {
+		bpf_map_delete_elem(&socks, &skp);
+		return;
+	}
 	si->state_flags |= SI_CLOSED;
 	sockowner_on_close(skp, si, oldstate);	/* the tool's record of the connection */
 	if (si->state_flags & SI_TUPLE_SET)
 		tuple_release(&si->tuple, skp);
-	return 0;
 }
 
+/* connect() and close() change state with softirqs enabled: changes nest (nest.bpf.h) */
+TP_BTF_NESTABLE(on_state, "inet_sock_set_state", sk, oldstate << 8 | newstate,
+		state_change(sk, oldstate, newstate),
+		struct sock *sk, int oldstate, int newstate)
+
 /* The socket is being freed: forget it (its address may be reused at once). */
-SEC("tp_btf/tcp_destroy_sock")
-int BPF_PROG(on_destroy, struct sock *sk)
+static __always_inline void forget_sock(struct sock *sk)
 {
 	__u64 skp = (__u64)sk;
 	struct sock_info *si = bpf_map_lookup_elem(&socks, &skp);
 
 	if (!si)
-		return 0;
+		return;
 	if (si->state_flags & SI_TUPLE_SET)
 		tuple_release(&si->tuple, skp);
 	bpf_map_delete_elem(&socks, &skp);
-	return 0;
 }
+
+/* freed in process context (close()) and in softirq (the last ACK): nests too */
+TP_BTF_NESTABLE(on_destroy, "tcp_destroy_sock", sk, 0, forget_sock(sk), struct sock *sk)
 
 /* ---- 2. accept ------------------------------------------------------------------------ */
 /* A 32-bit (ia32) syscall: its numbers and argument registers differ. */

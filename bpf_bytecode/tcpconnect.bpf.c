@@ -27,6 +27,7 @@
 #include "sock_addrs.bpf.h"
 #include "active_open.bpf.h"
 #include "tcpconnect.h"
+#include "nest.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 EVENTS_RINGBUF(1 << 20);
@@ -72,8 +73,7 @@ static __always_inline void emit(const struct active_open *ao, const struct sock
 	bpf_ringbuf_submit(e, 0);
 }
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(on_state, struct sock *sk, int oldstate, int newstate)
+static __always_inline int state_change(struct sock *sk, int oldstate, int newstate)
 {
 	struct active_open *ao;
 	struct sock_addrs a;
@@ -123,6 +123,11 @@ int BPF_PROG(on_state, struct sock *sk, int oldstate, int newstate)
 	active_open_end(sk);
 	return 0;
 }
+
+/* connect() changes state with softirqs enabled, where a handshake ending can nest (nest.bpf.h) */
+TP_BTF_NESTABLE(on_state, "inet_sock_set_state", sk, oldstate << 8 | newstate,
+		state_change(sk, oldstate, newstate),
+		struct sock *sk, int oldstate, int newstate)
 
 SEC("tracepoint/syscalls/sys_enter_connect")
 int on_connect_enter(struct syscall_trace_enter *ctx)

@@ -20,6 +20,7 @@
 #include "sock_addrs.bpf.h"
 #include "active_open.bpf.h"
 #include "tcpconnlat.h"
+#include "nest.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 EVENTS_RINGBUF(1 << 20);
@@ -28,8 +29,7 @@ const struct tcpconnlat_event *const __unused_event = 0;
 
 const volatile __u64 min_latency_ns = 0;
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(on_state, struct sock *sk, int oldstate, int newstate)
+static __always_inline int state_change(struct sock *sk, int oldstate, int newstate)
 {
 	struct tcpconnlat_event *e;
 	struct active_open *ao;
@@ -76,3 +76,8 @@ done:
 	active_open_end(sk);
 	return 0;
 }
+
+/* connect() changes state with softirqs enabled, where a handshake ending can nest (nest.bpf.h) */
+TP_BTF_NESTABLE(on_state, "inet_sock_set_state", sk, oldstate << 8 | newstate,
+		state_change(sk, oldstate, newstate),
+		struct sock *sk, int oldstate, int newstate)

@@ -156,14 +156,15 @@ class Map:
         except OSError as e:
             raise_from_oserror(f"freezing map '{self.name}'", e)
 
-    def sum_percpu_u64(self, key: bytes = b"\0\0\0\0") -> int:
-        """Sum of a per-CPU u64 counter (e.g. records the BPF side could not reserve)."""
+    def sum_percpu_u64(self, key: bytes = b"\0\0\0\0", offset: int = 0) -> int:
+        """Sum of a per-CPU u64 counter (e.g. records the BPF side could not reserve), at `offset` in the
+        value."""
         vals = self.lookup(key)
         if vals is None:
             return 0
         if not self.percpu:
             vals = [vals]
-        return sum(struct.unpack_from("<Q", v)[0] for v in vals)
+        return sum(struct.unpack_from("<Q", v, offset)[0] for v in vals)
 
 
 def info_by_fd(fd: int) -> dict:

@@ -11,6 +11,25 @@ LOSS_TEXT = {
 }
 
 
+NEST_HANDLED_OFFSET = 32   # nest.bpf.h: struct nest_state's `handled`
+
+
+def skipped_runs(obj):
+    """Program runs the kernel skipped, of a loaded object: a tracing program does not nest in itself on
+    one CPU.  For a pair of nest.bpf.h (X, X_nested, and their map X_nest), the runs of X that X_nested
+    did not make in its place; X_nested's own misses are runs X made (see nest.bpf.h)."""
+    programs = obj.programs
+    total = 0
+    for name, prog in programs.items():
+        if name.endswith("_nested") and name[:-7] in programs:
+            continue
+        missed = prog.recursion_misses()
+        if missed and name + "_nested" in programs:
+            missed = max(0, missed - obj.maps[name + "_nest"].sum_percpu_u64(offset=NEST_HANDLED_OFFSET))
+        total += missed
+    return total
+
+
 def describe_losses(reasons, text=LOSS_TEXT):
     """One line of wording for {reason: count}."""
     return "; ".join(text[k].format(n=n) for k, n in sorted(reasons.items()))
@@ -32,7 +51,7 @@ class Losses:
     def new(self):
         """{reason: count} of what was lost since the last call (reasons with nothing new left out)."""
         totals = {"ringbuf": self._lost_map.sum_percpu_u64(),
-                  "skipped": sum(p.recursion_misses() for p in self.obj.programs.values())}
+                  "skipped": skipped_runs(self.obj)}
         for reason, total in self.counters.items():
             totals[reason] = total()
         totals["malformed"] = self.ringbuf.malformed

@@ -10,7 +10,7 @@ import time
 from ...errors import KernelFeatureError
 from ...toolkit import cli as tool_cli
 from ...toolkit import sockowner
-from ...toolkit.losses import LOSS_TEXT as COMMON_LOSS_TEXT
+from ...toolkit.losses import LOSS_TEXT as COMMON_LOSS_TEXT, skipped_runs
 from ...toolkit.objects import object_path
 from ...toolkit.owners import escape_comm
 from ...toolkit.writers import TextWriter
@@ -18,7 +18,7 @@ from ...toolkit.writers import TextWriter
 DESCRIPTION = ("Summarize TCP send/recv throughput by process and connection every interval (tcptop for "
                "Linux, eBPF tracepoints only).")
 # the owner-tracking programs tcptop needs (its own top_send/top_recv refresh owners at every send/recv)
-PROGRAMS = ("on_state", "on_destroy", "top_send", "top_recv")
+PROGRAMS = ("on_state", "on_state_nested", "on_destroy", "on_destroy_nested", "top_send", "top_recv")
 LOSS_TEXT = dict(COMMON_LOSS_TEXT, table_full="{n} sends/receives of connections not counted: the kernel's "
                                               "table of connections was full")
 CLEAR = "\033[H\033[2J"
@@ -116,7 +116,7 @@ class TcpTop:
         if self.obj is None:
             return 0
         totals = {"table_full": self.obj.maps["top_full"].sum_percpu_u64(),
-                  "skipped": sum(p.recursion_misses() for p in self.obj.programs.values())}
+                  "skipped": skipped_runs(self.obj)}
         new = {k: v - self._reported.get(k, 0) for k, v in totals.items() if v - self._reported.get(k, 0)}
         self._reported, self.last_losses = totals, new
         return sum(new.values())
