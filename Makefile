@@ -145,7 +145,8 @@ VM_TOOL_TESTS ?= 'tests/test_tcpconnect.py::test_loopback_connects[4]' \
 	'tests/test_tcpretrans.py::test_dropped_segment_retransmissions[4]' \
 	'tests/test_tcpdrop.py::test_syn_to_a_closed_port[6]' \
 	tests/test_tcprtt.py::test_histogram_holds_every_probe_event \
-	'tests/test_pcapng.py::test_loopback_packets_equal_tcpdump[4]'
+	'tests/test_pcapng.py::test_loopback_packets_equal_tcpdump[4]' \
+	tests/test_handshake_race.py
 VM_TESTS ?= tests/test_engine.py tests/test_iterator.py tests/test_tcpsnoop.py tests/test_cli.py \
 	tests/test_faults.py tests/test_real_programs.py tests/test_capture_oracle.py tests/test_kernel_support.py \
 	$(VM_TOOL_TESTS)
