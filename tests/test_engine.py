@@ -185,6 +185,7 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     from pytracer.loader import BPFObject
     how = sys.argv[1]
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # even if started with SIGINT ignored (`cmd &`)
     with BPFObject({obj!r}, rodata={{"target_tgid": os.getpid()}}, use_cache=False) as obj:
         obj.attach()
         rb = obj.ring_buffer("events")

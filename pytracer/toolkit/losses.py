@@ -6,12 +6,12 @@ A tool adds its own reasons (counters it keeps, or other per-CPU maps) and their
 # reason -> wording, {n} the count; a tool extends it with its own reasons
 LOSS_TEXT = {
     "ringbuf": "{n} found the ring buffer full: try --ringbuf-mb or filters",
-    "skipped": "{n} tracepoint runs skipped by the kernel while another BPF program ran on that CPU",
+    "skipped": "{n} tracepoint runs skipped by the kernel while a BPF program already ran on that CPU",
     "malformed": "{n} records of an unexpected size: the BPF object does not match this pytracer",
 }
 
 
-NEST_HANDLED_OFFSET = 32   # nest.bpf.h: struct nest_state's `handled`
+NEST_HANDLED_OFFSET = 64   # nest.bpf.h: struct nest_state's `handled` (after 4 slots of 16 bytes)
 
 
 def skipped_runs(obj):

@@ -34,7 +34,8 @@ class WholeWrites(io.RawIOBase):
 
 
 def install():
-    """Put sys.stdout (and its .buffer) on WholeWrites, keeping its encoding and buffering."""
+    """Put sys.stdout (and its .buffer) on WholeWrites, keeping its encoding and buffering (-u and
+    PYTHONUNBUFFERED included)."""
     old = sys.stdout
     try:
         fd = old.fileno()
@@ -43,4 +44,5 @@ def install():
     old.flush()
     raw = WholeWrites(fd)
     sys.stdout = io.TextIOWrapper(io.BufferedWriter(raw), encoding=old.encoding, errors=old.errors,
-                                  line_buffering=old.line_buffering)
+                                  line_buffering=old.line_buffering,
+                                  write_through=getattr(old, "write_through", False))

@@ -65,6 +65,7 @@ class ColumnsWriter(TextWriter):
 
     def header(self):
         self.out.write(self.fmt % tuple(f.upper() for f in self.fields))
+        self.out.flush()        # the header says the tool is attached: now, not with the first line
 
     def write(self, lines):
         self.emit(self.fmt % line for line in lines)
