@@ -163,6 +163,12 @@ def differences(ours, theirs):
     return "\n".join(out)
 
 
+def assert_same_packets(ours, theirs, more_than):
+    """pytracer's file holds tcpdump's packets (more than `more_than` of them), flow by flow, in order."""
+    assert len(ours) == len(theirs) and len(ours) > more_than, differences(ours, theirs)
+    assert per_flow(ours) == per_flow(theirs), differences(ours, theirs)
+
+
 def tshark_ok(tshark, path):
     """tshark reads the whole file with nothing to say on stderr; returns its frame count."""
     r = subprocess.run([tshark, "-r", path, "-q", "-z", "io,stat,0"], capture_output=True, text=True)
@@ -224,8 +230,7 @@ def test_loopback_packets_equal_tcpdump(no_leaks, tools, tmp, family):
         srv.wait()
 
     ours, theirs = packets(out), packets(dump.path)
-    assert len(ours) == len(theirs) and ours, differences(ours, theirs)
-    assert per_flow(ours) == per_flow(theirs), differences(ours, theirs)
+    assert_same_packets(ours, theirs, more_than=0)
     assert {iface.name for iface, _, _ in ours} == {"lo"}
     # every loopback packet names both of its ends: two local sockets, both followed
     for _, pkt, _ in ours:
@@ -276,8 +281,7 @@ def test_iperf3_bulk_equals_tcpdump(no_leaks, tools, tmp):
             srv.kill()
             srv.wait()
     ours, theirs = packets(out), packets(dump.path)
-    assert len(ours) == len(theirs) and len(ours) > 100, differences(ours, theirs)
-    assert per_flow(ours) == per_flow(theirs), differences(ours, theirs)
+    assert_same_packets(ours, theirs, more_than=100)
     assert len({conn for conn, _ in per_flow(ours)}) == 2     # control and data connections
     assert max(pkt.orig_len for _, pkt, _ in ours) > 2048       # GSO super-packets, as tcpdump saw them
     for _, pkt, _ in ours:
@@ -310,8 +314,7 @@ def test_redis_equals_tcpdump(no_leaks, tools, tmp):
         srv.terminate()
         srv.wait()
     ours, theirs = packets(out), packets(dump.path)
-    assert len(ours) == len(theirs) and len(ours) > 100, differences(ours, theirs)
-    assert per_flow(ours) == per_flow(theirs), differences(ours, theirs)
+    assert_same_packets(ours, theirs, more_than=100)
     for _, pkt, _ in ours:
         (label,) = pkt.comments     # both ends: the server and the benchmark client
         assert " | peer pid=" in label and "comm=redis-server" in label and "comm=redis-benchmark" in label, label
