@@ -11,6 +11,7 @@ LOSS_TEXT = {
 }
 
 
+NESTED = "_nested"         # nest.bpf.h: the twin of program X is X_nested, its map X_nest
 NEST_HANDLED_OFFSET = 64   # nest.bpf.h: struct nest_state's `handled` (after 4 slots of 16 bytes)
 
 
@@ -21,10 +22,10 @@ def skipped_runs(obj):
     programs = obj.programs
     total = 0
     for name, prog in programs.items():
-        if name.endswith("_nested") and name[:-7] in programs:
+        if name.endswith(NESTED) and name[:-len(NESTED)] in programs:
             continue
         missed = prog.recursion_misses()
-        if missed and name + "_nested" in programs:
+        if missed and name + NESTED in programs:
             missed = max(0, missed - obj.maps[name + "_nest"].sum_percpu_u64(offset=NEST_HANDLED_OFFSET))
         total += missed
     return total
