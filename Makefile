@@ -142,6 +142,7 @@ VM_TOOL_TESTS ?= 'tests/test_tcpconnect.py::test_loopback_connects[4]' \
 	tests/test_tcpconnlat.py::test_a_retransmitted_syn_is_in_the_latency \
 	'tests/test_tcplife.py::test_peers_on_loopback[6-::1]' \
 	'tests/test_tcptop.py::test_bytes_per_process_and_connection[4-127.0.0.1]' \
+	tests/test_tcptop.py::test_handed_over_socket_counts_under_the_process_doing_io \
 	'tests/test_tcpretrans.py::test_dropped_segment_retransmissions[4]' \
 	'tests/test_tcpdrop.py::test_syn_to_a_closed_port[6]' \
 	tests/test_tcprtt.py::test_histogram_holds_every_probe_event \

@@ -2,7 +2,8 @@
 """What the syscall-entry fallback (kernels without sock:sock_{send,recv}_length, Linux < 6.3) costs each
 system call of every process: a C loop times getppid() and a 1-byte write() to /dev/null, untraced, with
 tcpsnoop loaded as this kernel would load it, and with tcpsnoop forced onto the fallback (its tp_btf
-sys_enter program). Rounds alternate the three; medians of ns per call and the extra ns per call are printed as
+sys_enter program), and with tcptop forced onto its fallback (sys_enter and sys_exit programs that count the
+bytes of each read/write). Rounds alternate the four; medians of ns per call and the extra ns per call are printed as
 JSON.
 
     sudo .venv/bin/python bench/fallback_cost.py [--calls N] [--rounds R]
@@ -64,7 +65,7 @@ def main():
     native = tcpsnoop.have_sock_length_tracepoints()
     with tempfile.TemporaryDirectory() as tmp:
         exe = build(tmp)
-        res = {"untraced": [], "tcpsnoop": [], "tcpsnoop_fallback": []}
+        res = {"untraced": [], "tcpsnoop": [], "tcpsnoop_fallback": [], "tcptop_fallback": []}
         def untraced():
             res["untraced"].append(measure(exe, a.calls))
 
@@ -82,9 +83,24 @@ def main():
             finally:
                 tcpsnoop.have_sock_length_tracepoints = real
 
-        order = [untraced, traced, fallback]
+        def top_fallback():
+            from pytracer.toolkit import sockowner
+            from pytracer.tools.tcptop import cli as top
+
+            real = sockowner.have_sock_length_tracepoints
+            sockowner.have_sock_length_tracepoints = lambda: False
+            t = top.make_tracer(top.parse_args(["10"]))
+            try:
+                t.start()
+                assert {p.spec.attach_target for p in t.obj.programs.values()} >= {"sys_enter", "sys_exit"}
+                res["tcptop_fallback"].append(measure(exe, a.calls))
+            finally:
+                t.close()
+                sockowner.have_sock_length_tracepoints = real
+
+        order = [untraced, traced, fallback, top_fallback]
         for r in range(a.rounds):       # each round in another order: no configuration always goes first
-            for fn in order[r % 3:] + order[:r % 3]:
+            for fn in order[r % 4:] + order[:r % 4]:
                 fn()
     out = {"kernel": os.uname().release, "sock_length_tracepoints": native, "calls": a.calls,
            "rounds": a.rounds}
@@ -93,7 +109,7 @@ def main():
                   "write_devnull_ns": statistics.median(x[1] for x in v)}
     # The machine is shared: besides the medians, the median of each round's own difference (the three
     # configurations run back to back in a round) and the difference of the fastest runs.
-    for k in ("tcpsnoop", "tcpsnoop_fallback"):
+    for k in ("tcpsnoop", "tcpsnoop_fallback", "tcptop_fallback"):
         for i, name in ((0, "getppid"), (1, "write")):
             paired = [b[i] - u[i] for b, u in zip(res[k], res["untraced"])]
             out[k][f"{name}_extra_ns_paired_median"] = round(statistics.median(paired), 1)

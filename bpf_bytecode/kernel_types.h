@@ -327,6 +327,8 @@ struct tcp_sock {
 struct pt_regs___x86 {
 	unsigned long orig_ax;		/* the syscall number at sys_enter/sys_exit */
 	unsigned long di;		/* first syscall argument */
+	unsigned long dx;		/* third */
+	unsigned long r10;		/* fourth */
 } __pa;
 
 struct thread_info___x86 {

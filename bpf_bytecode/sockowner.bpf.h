@@ -713,10 +713,10 @@ int BPF_PROG(on_recv_len, struct sock *sk)
 /*
  * ---- 7. the same from syscalls, for kernels without sock_*_length (< 6.3) ---------------
  * One program on every syscall entry.  args: (struct pt_regs *regs, long id);
- * the fd is the first argument, regs->di on x86_64.
+ * the fd is the first argument, regs->di on x86_64.  Returns the socket of a
+ * read/write/send/recv call on a TCP socket (its owner refreshed), else 0.
  */
-SEC("tp_btf/sys_enter")
-int BPF_PROG(fb_sys_enter, struct pt_regs *regs, long id)
+static __always_inline __u64 syscall_entry_owner(struct pt_regs *regs, long id)
 {
 	__s64 fd;
 	__u64 skp;
@@ -741,6 +741,13 @@ int BPF_PROG(fb_sys_enter, struct pt_regs *regs, long id)
 	skp = fd_to_tcp_sk((__u32)fd);
 	if (skp)
 		refresh_owner(skp, 0);
+	return skp;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(fb_sys_enter, struct pt_regs *regs, long id)
+{
+	syscall_entry_owner(regs, id);
 	return 0;
 }
 

@@ -4,7 +4,9 @@
  * the kernel at sock:sock_send_length / sock_recv_length (Linux 6.3+), so the
  * cost is per system call and not per line printed.  The owner is
  * sockowner.bpf.h's: these programs take the place of its on_send_len /
- * on_recv_len (they refresh the owner the same way, then count).
+ * on_recv_len (they refresh the owner the same way, then count).  Before 6.3
+ * the same calls are counted between syscall entry and exit (top_sys_enter /
+ * top_sys_exit, in place of fb_sys_enter).
  */
 #include "kernel_types.h"
 #include <linux/bpf.h>
@@ -53,7 +55,8 @@ static __always_inline void sockowner_on_close(__u64 skp, struct sock_info *si, 
 {
 }
 
-static __always_inline void count_io(__u64 skp, int ret, int sent)
+/* counted after handle_sock_length() or syscall_entry_owner() refreshed the owner */
+static __always_inline void count_io(__u64 skp, long ret, int sent)
 {
 	struct tcptop_value fresh, *v;
 	struct tcptop_key k;
@@ -63,7 +66,6 @@ static __always_inline void count_io(__u64 skp, int ret, int sent)
 
 	if (ret <= 0)
 		return;
-	handle_sock_length(skp);	/* current owns it now (sockowner.bpf.h) */
 	si = bpf_map_lookup_elem(&socks, &skp);
 	if (!si || !(si->o.flags & SI_OWNER_KNOWN) || !(si->state_flags & SI_TUPLE_SET))
 		return;
@@ -102,6 +104,7 @@ static __always_inline void count_io(__u64 skp, int ret, int sent)
 SEC("raw_tracepoint/sock_send_length")
 int BPF_PROG(top_send, struct sock *sk, int ret, int flags)
 {
+	handle_sock_length((__u64)sk);	/* current owns it now (sockowner.bpf.h) */
 	count_io((__u64)sk, ret, 1);
 	return 0;
 }
@@ -109,7 +112,67 @@ int BPF_PROG(top_send, struct sock *sk, int ret, int flags)
 SEC("raw_tracepoint/sock_recv_length")
 int BPF_PROG(top_recv, struct sock *sk, int ret, int flags)
 {
+	handle_sock_length((__u64)sk);
 	if (!(flags & MSG_PEEK))
 		count_io((__u64)sk, ret, 0);
+	return 0;
+}
+
+/* ---- before 6.3: the calls sock_*_length would see, from syscall entry to exit ---------- */
+struct io_call {
+	__u64 skp;
+	__u32 sent;
+	__u32 _pad;
+};
+
+/* the read/write/send/recv call each thread is in, by pid_tgid (LRU: a thread that never returns
+ * from one does not keep its entry) */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct io_call);
+} io_calls SEC(".maps");
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(top_sys_enter, struct pt_regs *regs, long id)
+{
+	struct pt_regs___x86 *r = (struct pt_regs___x86 *)regs;
+	__u64 tid = bpf_get_current_pid_tgid();
+	struct io_call c = {};
+	__u64 flags = 0;
+
+	c.skp = syscall_entry_owner(regs, id);
+	if (!c.skp)
+		return 0;
+	switch (id) {
+	case NR_write: case NR_writev: case NR_sendto: case NR_sendmsg:
+		c.sent = 1;
+		break;
+	case NR_recvfrom:
+		flags = r->r10;
+		break;
+	case NR_recvmsg:
+		flags = r->dx;
+		break;
+	}
+	if (flags & MSG_PEEK)
+		return 0;
+	bpf_map_update_elem(&io_calls, &tid, &c, BPF_ANY);
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(top_sys_exit, struct pt_regs *regs, long ret)
+{
+	__u64 tid = bpf_get_current_pid_tgid();
+	struct io_call *c = bpf_map_lookup_elem(&io_calls, &tid);
+	struct io_call done;
+
+	if (!c)
+		return 0;
+	done = *c;
+	bpf_map_delete_elem(&io_calls, &tid);
+	count_io(done.skp, ret, done.sent);
 	return 0;
 }

@@ -1,8 +1,11 @@
-"""`pytracer tcptop` end to end on the real kernel (Linux 6.3+; older kernels get one sentence naming 6.3):
-real peers, the bytes each process moved on each connection summed over the intervals, compared with what
-the programs sent; the table's clearing and COUNT."""
+"""`pytracer tcptop` end to end on the real kernel: real peers, the bytes each process moved on each connection
+summed over the intervals, compared with what the programs sent; the table's clearing and COUNT. Linux 6.3+
+counts at sock:sock_*_length, older kernels between syscall entry and exit; the second way is also run here
+on kernels that have the first (its probe answered no), the same assertions."""
 import json
+import os
 import signal
+import socket
 import subprocess
 import time
 
@@ -10,18 +13,8 @@ import pytest
 
 import traffic
 from conftest import pytracer_cmd, run_env, wait_attached
-from pytracer.toolkit.sockowner import have_sock_length_tracepoints
 
 NSEND, NRECV = 300_000, 7_000
-
-
-@pytest.fixture
-def kernel_63(kernel):
-    if not have_sock_length_tracepoints():
-        r = subprocess.run(pytracer_cmd("tcptop", "1", "1"), capture_output=True, text=True, env=run_env(),
-                           timeout=60)
-        assert r.returncode == 3 and "Linux 6.3" in r.stderr and "Traceback" not in r.stderr, r.stderr
-        pytest.skip("tcptop needs sock:sock_send_length (Linux 6.3); its message on this kernel was checked")
 
 
 def run_top(args, traffic_fn, stop_after=None, timeout=60):
@@ -58,7 +51,7 @@ def per_process(objs, port):
 
 
 @pytest.mark.parametrize("fam,host", [("4", "127.0.0.1"), ("6", "::1")])
-def test_bytes_per_process_and_connection(kernel_63, no_leaks, fam, host):
+def test_bytes_per_process_and_connection(kernel, no_leaks, fam, host):
     """Every byte each peer sent and received, under its own pid, once, over the intervals (JSON)."""
     s = traffic.server("tsrv", fam, host, NSEND, NRECV)
     c = traffic.client("tcli", fam, host, s.port, NSEND, NRECV)
@@ -80,7 +73,7 @@ def test_bytes_per_process_and_connection(kernel_63, no_leaks, fam, host):
     assert conns == {(s.pids["tsrv"], True), (c.pids["tcli"], False)}
 
 
-def test_handed_over_socket_counts_under_the_process_doing_io(kernel_63, no_leaks):
+def test_handed_over_socket_counts_under_the_process_doing_io(kernel, no_leaks):
     """inetd accepts and execs a handler on the socket: the bytes are the handler's, not inetd's."""
     s = traffic.server("tinetd", "4", "127.0.0.1", NSEND, NRECV, mode="inetd", extra=("thandler",))
     c = traffic.client("tcli", "4", "127.0.0.1", s.port, NSEND, NRECV)
@@ -97,7 +90,7 @@ def test_handed_over_socket_counts_under_the_process_doing_io(kernel_63, no_leak
 
 
 @pytest.mark.parametrize("clear", [True, False])
-def test_table_and_count(kernel_63, no_leaks, clear):
+def test_table_and_count(kernel, no_leaks, clear):
     """COUNT tables, then exit 0 on its own; the screen cleared with ANSI codes unless -C; bcc's columns."""
     _, lines, rc = run_top((["-C"] if not clear else []) + ["0.2", "3"], lambda: None)
     assert rc == 0
@@ -112,3 +105,42 @@ def test_table_and_count(kernel_63, no_leaks, clear):
 def test_bad_arguments_are_one_clear_message(args, words):
     r = subprocess.run(pytracer_cmd("tcptop", *args), capture_output=True, text=True, env=run_env(), timeout=60)
     assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_fallback_counts_between_syscall_entry_and_exit(kernel, no_leaks, monkeypatch):
+    """The counting of kernels before 6.3 (forced where the kernel has sock:sock_*_length): the bytes of
+    each peer's read/write/send/recv under its pid, what MSG_PEEK looked at not counted twice, and the
+    kernel's note said."""
+    from pytracer.toolkit import sockowner
+    from pytracer.tools.tcptop import cli as top
+
+    monkeypatch.setattr(sockowner, "have_sock_length_tracepoints", lambda: False)
+    s = traffic.server("tsrv", "4", "127.0.0.1", NSEND, NRECV)
+    c = traffic.client("tcli", "4", "127.0.0.1", s.port, NSEND, NRECV)
+    lsn = socket.create_server(("127.0.0.1", 0))
+    own_port = lsn.getsockname()[1]
+    t = top.make_tracer(top.parse_args(["-P", f"{s.port},{own_port}", "10"])).start()
+    try:
+        assert len(t.fallbacks) == 1 and "syscall entry and exit" in t.fallbacks[0]
+        c.go()
+        c.wait()
+        s.wait()
+        # a connection of this process's own: 1000 bytes peeked, then received, once each way
+        a = socket.create_connection(("127.0.0.1", own_port))
+        b, _ = lsn.accept()
+        a.sendall(b"x" * 1000)
+        got = b""
+        while len(got) < 1000:
+            got = b.recv(1000, socket.MSG_PEEK | socket.MSG_WAITALL)
+        assert len(b.recv(1000, socket.MSG_WAITALL)) == 1000
+        rows = t.snapshot()
+        a.close()
+        b.close()
+    finally:
+        t.close()
+        lsn.close()
+    # (pid, comm, lport, rport, rx, tx) of the peers' connection
+    mine = sorted((r[0], r[2], r[9], r[10]) for r in rows if s.port in (r[5], r[7]))
+    assert mine == sorted([(s.pids["tsrv"], "tsrv", NSEND, NRECV), (c.pids["tcli"], "tcli", NRECV, NSEND)])
+    own = sorted((r[9], r[10]) for r in rows if r[0] == os.getpid() and own_port in (r[5], r[7]))
+    assert own == [(0, 1000), (1000, 0)]

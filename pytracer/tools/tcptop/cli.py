@@ -7,7 +7,6 @@ import socket
 import sys
 import time
 
-from ...errors import KernelFeatureError
 from ...toolkit import cli as tool_cli
 from ...toolkit import sockowner
 from ...toolkit.losses import LOSS_TEXT as COMMON_LOSS_TEXT, skipped_runs
@@ -19,6 +18,9 @@ DESCRIPTION = ("Summarize TCP send/recv throughput by process and connection eve
                "Linux, eBPF tracepoints only).")
 # the owner-tracking programs tcptop needs (its own top_send/top_recv refresh owners at every send/recv)
 PROGRAMS = ("on_state", "on_state_nested", "on_destroy", "on_destroy_nested", "top_send", "top_recv")
+# below Linux 6.3 (no sock:sock_*_length) in place of top_send/top_recv: the same calls, from syscall entry
+# (which also refreshes owners and sees close()) to exit
+FALLBACK_COUNTERS = ("top_sys_enter", "top_sys_exit")
 LOSS_TEXT = dict(COMMON_LOSS_TEXT, table_full="{n} sends/receives of connections not counted: the kernel's "
                                               "table of connections was full")
 CLEAR = "\033[H\033[2J"
@@ -44,11 +46,13 @@ class TcpTop:
 
         if self.obj is not None:
             return self
+        programs = list(PROGRAMS)
         if not sockowner.have_sock_length_tracepoints():
-            raise KernelFeatureError("tcptop counts bytes at the tracepoints sock:sock_send_length and "
-                                     "sock:sock_recv_length, which this kernel lacks (Linux 6.3 brings them)",
-                                     feature="sock:sock_send_length", since="6.3")
-        self.obj = BPFObject(object_path("tcptop"), rodata=self.filters.rodata(), programs=list(PROGRAMS),
+            programs[-2:] = FALLBACK_COUNTERS
+            self.fallbacks.append("sock:sock_send_length is missing (Linux < 6.3): bytes are counted between "
+                                  "syscall entry and exit instead (read, write, send, recv and their v/to/msg "
+                                  "forms; sendfile, splice and sendmmsg/recvmmsg are not seen)")
+        self.obj = BPFObject(object_path("tcptop"), rodata=self.filters.rodata(), programs=programs,
                              use_cache=self.use_cache)
         try:
             self.obj.attach()
