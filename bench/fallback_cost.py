@@ -107,7 +107,7 @@ def main():
     for k, v in res.items():
         out[k] = {"getppid_ns": statistics.median(x[0] for x in v),
                   "write_devnull_ns": statistics.median(x[1] for x in v)}
-    # The machine is shared: besides the medians, the median of each round's own difference (the three
+    # The machine is shared: besides the medians, the median of each round's own difference (the four
     # configurations run back to back in a round) and the difference of the fastest runs.
     for k in ("tcpsnoop", "tcpsnoop_fallback", "tcptop_fallback"):
         for i, name in ((0, "getppid"), (1, "write")):

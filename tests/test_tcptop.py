@@ -139,7 +139,7 @@ def test_fallback_counts_between_syscall_entry_and_exit(kernel, no_leaks, monkey
     finally:
         t.close()
         lsn.close()
-    # (pid, comm, lport, rport, rx, tx) of the peers' connection
+    # (pid, comm, rx, tx) of each end of the peers' connection
     mine = sorted((r[0], r[2], r[9], r[10]) for r in rows if s.port in (r[5], r[7]))
     assert mine == sorted([(s.pids["tsrv"], "tsrv", NSEND, NRECV), (c.pids["tcli"], "tcli", NRECV, NSEND)])
     own = sorted((r[9], r[10]) for r in rows if r[0] == os.getpid() and own_port in (r[5], r[7]))

@@ -16,10 +16,11 @@ from ...toolkit.writers import TextWriter
 
 DESCRIPTION = ("Summarize TCP send/recv throughput by process and connection every interval (tcptop for "
                "Linux, eBPF tracepoints only).")
-# the owner-tracking programs tcptop needs (its own top_send/top_recv refresh owners at every send/recv)
-PROGRAMS = ("on_state", "on_state_nested", "on_destroy", "on_destroy_nested", "top_send", "top_recv")
-# below Linux 6.3 (no sock:sock_*_length) in place of top_send/top_recv: the same calls, from syscall entry
-# (which also refreshes owners and sees close()) to exit
+# the owner-tracking programs tcptop needs besides its counters (which refresh owners at every send/recv)
+OWNER_PROGRAMS = ("on_state", "on_state_nested", "on_destroy", "on_destroy_nested")
+COUNTERS = ("top_send", "top_recv")
+# below Linux 6.3 (no sock:sock_*_length) in place of COUNTERS: the same calls, from syscall entry (which also
+# refreshes owners and sees close()) to exit
 FALLBACK_COUNTERS = ("top_sys_enter", "top_sys_exit")
 LOSS_TEXT = dict(COMMON_LOSS_TEXT, table_full="{n} sends/receives of connections not counted: the kernel's "
                                               "table of connections was full")
@@ -46,14 +47,14 @@ class TcpTop:
 
         if self.obj is not None:
             return self
-        programs = list(PROGRAMS)
+        counters = COUNTERS
         if not sockowner.have_sock_length_tracepoints():
-            programs[-2:] = FALLBACK_COUNTERS
+            counters = FALLBACK_COUNTERS
             self.fallbacks.append("sock:sock_send_length is missing (Linux < 6.3): bytes are counted between "
                                   "syscall entry and exit instead (read, write, send, recv and their v/to/msg "
                                   "forms; sendfile, splice and sendmmsg/recvmmsg are not seen)")
-        self.obj = BPFObject(object_path("tcptop"), rodata=self.filters.rodata(), programs=programs,
-                             use_cache=self.use_cache)
+        self.obj = BPFObject(object_path("tcptop"), rodata=self.filters.rodata(),
+                             programs=list(OWNER_PROGRAMS + counters), use_cache=self.use_cache)
         try:
             self.obj.attach()
             self.top = self.obj.maps["top"]
