@@ -327,6 +327,17 @@ def handshake(packets, lines_of):
     return out, used
 
 
+def timeline(packets, lines_of, limit=60):
+    """One socket's packets (both directions) and lines, by time: where a report says what is missing, this
+    says when (the last `limit` entries: losses tend to be at the end of a connection)."""
+    rows = [(p.ts, f"packet {d:3} {p.flags or '.':4} {p.size}/{p.payload} seq {p.seq}")
+            for d in ("out", "in") for p in packets[d]]
+    rows += [(o["ts"], f"line   {o.get('dir') or '-':3} {o['event']:6} {o.get('size')}/{o.get('payload')} "
+                       f"pid {o.get('pid')}") for o in lines_of]
+    rows.sort(key=lambda r: r[0])
+    return [f"{ts:.6f} {text}" for ts, text in rows[-limit:]]
+
+
 def _section(title, rows, max_examples):
     if not rows:
         return []
@@ -358,7 +369,7 @@ def oracle(captures, lines, server_ports=(), max_examples=12):
     for o in lines:
         if o["event"] != "lost":
             by_sock[sock_key(o["netns"], o["laddr"], o["lport"], o["raddr"], o["rport"])].append(o)
-    hs, mism, bad = [], [], []
+    hs, mism, bad, mism_keys = [], [], [], []
     for k in sorted(set(packets) | set(by_sock)):
         pk = packets.get(k, {"out": [], "in": []})
         mine = by_sock.get(k, [])
@@ -372,6 +383,7 @@ def oracle(captures, lines, server_ports=(), max_examples=12):
             g = collections.Counter((o["size"], o["payload"]) for o in other)
             if w == g:
                 continue
+            mism_keys.append(k)
             flags = _labels(((p.size, p.payload), p.flags or ".") for p in rest)
             events = _labels(((o["size"], o["payload"]), o["event"]) for o in other)
             mism.append(
@@ -399,6 +411,10 @@ def oracle(captures, lines, server_ports=(), max_examples=12):
     problems += _section("socket directions disagree with the capture (send/recv/reset lines vs the other "
                          "packets)", mism, max_examples)
     problems += _section("close lines disagree with the capture", bad, max_examples)
+    if mism_keys:
+        k = mism_keys[0]
+        problems.append(f"{name(k)}, the capture and the lines in time order:\n  "
+                        + "\n  ".join(timeline(packets[k] if k in packets else {"out": [], "in": []}, by_sock[k])))
     if not packets:
         problems.append("the capture saw no packets")
     return problems
