@@ -32,7 +32,7 @@
  * empty), then define these three hooks (each may be empty):
  *
  *   sockowner_on_tuple(t)   a live connection is about to be keyed in
- *                           `tuples` by t (tcpsnoop: a TIME_WAIT copy of an
+ *                           `tuples` by t (tcpsnoop: the copy of a closed
  *                           earlier connection on t ends)
  *   sockowner_on_owner(skp, si, o, first, was_unknown)
  *                           process context: `current` (o) becomes the owner
@@ -89,7 +89,7 @@ struct tuple {
 
 struct sock_info {
 	__u64 start_ns;		/* 0 = connection predates the tracer */
-	__u64 sk;		/* the socket (in tcpsnoop's `tw`: the one that went to TIME_WAIT) */
+	__u64 sk;		/* the socket (in tcpsnoop's `ended`: the one that closed) */
 	struct owner o;
 	__u32 netns;
 	__u8 state_flags;
@@ -212,7 +212,7 @@ static __always_inline void sockowner_on_close(__u64 skp, struct sock_info *si, 
 /* ---- entries -------------------------------------------------------------------- */
 static __always_inline void insert_tuple(struct sock_info *si, __u64 skp)
 {
-	sockowner_on_tuple(&si->tuple);	/* tcpsnoop: a live connection on this tuple ends a TIME_WAIT predecessor's */
+	sockowner_on_tuple(&si->tuple);	/* tcpsnoop: a live connection on this tuple ends a closed predecessor's */
 	if (bpf_map_update_elem(&tuples, &si->tuple, &skp, BPF_ANY) == 0)
 		si->state_flags |= SI_TUPLE_SET;
 }

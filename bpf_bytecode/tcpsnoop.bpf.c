@@ -21,7 +21,8 @@
  *     cannot send whole) and netif_receive_skb (received), both as tp_btf so
  *     the skb is typed.  A packet of no socket we know is either a passive
  *     handshake's (EV_HANDSHAKE, named once the connection is accepted), a
- *     TIME_WAIT connection's (`tw`), or counted in `unattributed`.
+ *     closed connection's (`ended`: TIME_WAIT, or strays the kernel answers
+ *     with a RST), or counted in `unattributed`.
  *   - Sockets that exist when the tracer starts are registered by two BPF
  *     iterators before the first record is read: task_file (with the process
  *     holding each) and tcp (the rest, owner unknown).
@@ -60,7 +61,7 @@ const volatile __u8 no_data = 0;	/* no EV_SEND/EV_RECV records; bytes still coun
 /* rx_flags: written on the receive path only */
 #define SI_RX_SEQ_INIT	0x01
 /* state_flags (the header's, whose free bits start at 0x04), set by the close hook */
-#define SI_TIME_WAIT	0x04	/* closed into TIME_WAIT: a copy lives on in `tw` */
+#define SI_ENDED	0x04	/* closed: a copy lives on in `ended` */
 
 /* tcpsnoop's members of a socket's entry (struct sock_info, sockowner.bpf.h) */
 #define SOCK_INFO_TOOL_FIELDS							\
@@ -79,18 +80,21 @@ const volatile __u8 no_data = 0;	/* no EV_SEND/EV_RECV records; bytes still coun
 #include "sockowner.bpf.h"
 
 /*
- * Connections closed into TIME_WAIT, by tuple: their last segments (the
- * peer's FIN, our final ACK) are sent/received by the TIME_WAIT mini-socket
- * after the full socket is gone, and that socket's address may be reused at
- * once by a new connection, so the copy is keyed by the 4-tuple, never by the
- * freed pointer.  A new connection on the same tuple removes it.
+ * Connections that closed, by tuple: segments of theirs still cross the wire
+ * after the full socket is gone.  After an active close the TIME_WAIT
+ * mini-socket receives the peer's FIN and sends our last ACK; after any close
+ * a late segment of the peer (a FIN or ACK retransmitted after our LAST_ACK
+ * ended, data after an abort) is answered by the kernel's control socket with
+ * a RST.  That socket's address may be reused at once by a new connection, so
+ * the copy is keyed by the 4-tuple, never by the freed pointer.  A new
+ * connection on the same tuple removes it.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 32768);
 	__type(key, struct tuple);
 	__type(value, struct sock_info);
-} tw SEC(".maps");
+} ended SEC(".maps");
 
 /*
  * Passive connections whose SYN-ACK went out from a request socket, by tuple:
@@ -104,7 +108,7 @@ struct {
 	__type(value, __u8);
 } halfopen SEC(".maps");
 
-/* Segments of no socket we know (not a handshake, not TIME_WAIT): counted, never dropped silently. */
+/* Segments of no socket we know (not a handshake, not a closed connection's): counted, never dropped silently. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -364,12 +368,12 @@ static __always_inline void seed_rx(__u64 skp, struct sock_info *si)
 }
 
 /*
- * A segment of a connection in TIME_WAIT must continue its sequence space:
- * at most one past the highest end seen (our FIN / the peer's FIN) and not
- * far behind it.  Filters out a new connection that reuses the tuple of a
- * stale `tw` entry before it registered itself.
+ * A segment of a closed connection must continue its sequence space: at most
+ * one past the highest end seen (our FIN / the peer's FIN) and not far behind
+ * it.  Filters out a new connection that reuses the tuple of a stale `ended`
+ * entry before it registered itself.
  */
-static __always_inline int tw_plausible(__u8 flags, __u8 init_bit, __u32 max_end, __u32 seq)
+static __always_inline int ended_plausible(__u8 flags, __u8 init_bit, __u32 max_end, __u32 seq)
 {
 	__s32 d = (__s32)(seq - max_end);
 
@@ -379,11 +383,12 @@ static __always_inline int tw_plausible(__u8 flags, __u8 init_bit, __u32 max_end
 }
 
 /*
- * A segment of no live socket we follow: if the TIME_WAIT mini-socket of a
- * connection we followed sent (dir DIR_SENT) or received it, it is still that
+ * A segment of no live socket we follow: if it is on the tuple of a
+ * connection we followed and that closed (sent by its TIME_WAIT mini-socket
+ * or by the control socket, or received for either), it is still that
  * connection's, shown under its last owner.  Returns 1 if it was.
  */
-static __always_inline int emit_time_wait(const struct pkt *p, __u8 dir)
+static __always_inline int emit_ended(const struct pkt *p, __u8 dir)
 {
 	struct sock_info *si;
 	__u8 type, attr = 0;
@@ -391,13 +396,13 @@ static __always_inline int emit_time_wait(const struct pkt *p, __u8 dir)
 
 	if (p->flags & TH_SYN)
 		return 0;
-	si = bpf_map_lookup_elem(&tw, &p->t);
+	si = bpf_map_lookup_elem(&ended, &p->t);
 	if (!si)
 		return 0;
 	if (dir == DIR_SENT)
-		plausible = tw_plausible(si->tx_flags, SI_TX_SEQ_INIT, si->tx_max_end, p->seq);
+		plausible = ended_plausible(si->tx_flags, SI_TX_SEQ_INIT, si->tx_max_end, p->seq);
 	else
-		plausible = tw_plausible(si->rx_flags, SI_RX_SEQ_INIT, si->rx_max_end, p->seq);
+		plausible = ended_plausible(si->rx_flags, SI_RX_SEQ_INIT, si->rx_max_end, p->seq);
 	if (!plausible)
 		return 0;
 	if (p->payload)
@@ -446,8 +451,8 @@ static __always_inline void emit_handshake(__u64 skp, const struct sock_info *si
 /* ---- the hooks of sockowner.bpf.h ------------------------------------------------------ */
 static __always_inline void sockowner_on_tuple(const struct tuple *t)
 {
-	/* a live connection on this tuple ends a TIME_WAIT predecessor's */
-	bpf_map_delete_elem(&tw, t);
+	/* a live connection on this tuple ends a closed predecessor's */
+	bpf_map_delete_elem(&ended, t);
 }
 
 /*
@@ -497,7 +502,7 @@ static __always_inline void sockowner_on_owner(__u64 skp, struct sock_info *si, 
 	bpf_ringbuf_submit(e, 0);
 }
 
-/* TCP_CLOSE: the close line; an active close leaves a TIME_WAIT copy (see `tw`). */
+/* TCP_CLOSE: the close line; the connection leaves a copy by tuple (see `ended`). */
 static __always_inline void sockowner_on_close(__u64 skp, struct sock_info *si, int oldstate)
 {
 	struct pkt p;
@@ -506,15 +511,12 @@ static __always_inline void sockowner_on_close(__u64 skp, struct sock_info *si, 
 		bpf_map_delete_elem(&halfopen, &si->tuple);
 	if (si->state_flags & SI_TUPLE_SET) {
 		/*
-		 * An active close hands the connection to a TIME_WAIT mini-socket:
-		 * the peer's FIN and our last ACK still cross the wire after this.
-		 * A copy keyed by the tuple names those segments (see `tw`).
+		 * Segments of the connection still cross the wire after this (the
+		 * TIME_WAIT phase of an active close, strays answered with a RST
+		 * after any close): a copy keyed by the tuple names them.
 		 */
-		if (oldstate == TCP_FIN_WAIT1 || oldstate == TCP_FIN_WAIT2 ||
-		    oldstate == TCP_CLOSING) {
-			si->state_flags |= SI_TIME_WAIT;
-			bpf_map_update_elem(&tw, &si->tuple, si, BPF_ANY);
-		}
+		si->state_flags |= SI_ENDED;
+		bpf_map_update_elem(&ended, &si->tuple, si, BPF_ANY);
 		tuple_to_pkt(&si->tuple, &p);
 	} else {
 		/* never got a tuple (e.g. connect() failed before sending): from the socket */
@@ -576,7 +578,7 @@ int BPF_PROG(on_tx, struct sk_buff *skb, struct net_device *dev)
 				emit(0, 0, &p, EV_RESET_CLOSED_PORT, DIR_SENT, 0);
 			return 0;
 		}
-		if (emit_time_wait(&p, DIR_SENT))
+		if (emit_ended(&p, DIR_SENT))
 			return 0;
 		if ((p.flags & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK)) {
 			/* from a listener's request socket */
@@ -682,7 +684,7 @@ int BPF_PROG(on_rx, struct sk_buff *skb)
 	}
 	read_gso(skb, skb->head, &p);
 	if (!si) {
-		if (emit_time_wait(&p, DIR_RECEIVED))
+		if (emit_ended(&p, DIR_RECEIVED))
 			return 0;
 		/*
 		 * A SYN, or what completes a handshake whose SYN-ACK a request

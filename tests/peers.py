@@ -10,6 +10,9 @@
     python peers.py inetd NAME FAMILY HOST PORT HANDLER_NAME RECV SEND   accept, fork+exec a handler on fd 0
     python peers.py handler NAME RECV SEND                      (exec'd by inetd) I/O on fd 0
     python peers.py fdpass NAME FAMILY HOST PORT RECEIVER_NAME RECV SEND accept, pass the fd over a unix socket
+    python peers.py abort NAME FAMILY HOST PORT                 connect, say CONNECTED; on "go" close with a RST
+    python peers.py finish NAME FAMILY HOST PORT                accept one, say ACCEPTED; on "go" send a FIN and
+                                                                wait for the peer's FIN or RST
 
 Every process prints "PID <name> <pid>" and, for listeners, "LISTEN <port>" on stdout, one write per line.
 """
@@ -17,6 +20,7 @@ import array
 import ctypes
 import os
 import socket
+import struct
 import sys
 import threading
 import time
@@ -202,7 +206,32 @@ def fdpass(name, fam, host, port, receiver_name, nrecv, nsend):
     os.waitpid(pid, 0)
 
 
+def abort(name, fam, host, port):
+    """SO_LINGER 0: close() sends a RST instead of a FIN and the socket is gone at once, no TIME_WAIT."""
+    set_name(name)
+    c = socket.create_connection((host, int(port)))
+    say(f"CONNECTED {c.getsockname()[1]}")
+    wait_go()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+
+
+def finish(name, fam, host, port):
+    set_name(name)
+    ls = listener(fam, host, port)
+    c, _ = ls.accept()
+    say("ACCEPTED")
+    wait_go()
+    c.shutdown(socket.SHUT_WR)
+    try:
+        c.recv(1)
+    except ConnectionResetError:
+        pass
+    c.close()
+    ls.close()
+
+
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
     {"server": server, "client": client, "inetd": inetd, "handler": handler, "fdpass": fdpass, "mserver": mserver,
-     "mclient": mclient, "preclient": preclient}[mode](*args)
+     "mclient": mclient, "preclient": preclient, "abort": abort, "finish": finish}[mode](*args)

@@ -27,6 +27,7 @@ import pytest
 
 import traffic
 from capture import Capture, attribution, netns_inode, oracle, report
+from conntools import nft
 from test_real_programs import (SYSTEM_PYTHON, Trace, both_closed, curl, daemon, echo_handler, free_port, need,
                                 nginx, proc_status, web_root, workdir)  # noqa: F401 - workdir is a fixture
 from test_tcpsnoop import netns_pair  # noqa: F401 - a fixture
@@ -250,6 +251,43 @@ def test_many_concurrent_connections(no_leaks, net):
         events = t.finish(both_closed(s.port, n))
     srv, cli = (s.pids["tmsrv"], 0, "tmsrv"), (c.pids["tmcli"], 0, "tmcli")
     check(t, caps, s.port, sides(s.port, cli, srv, srv), events)
+
+
+# ---- after the close: segments no socket receives -----------------------------------------------------
+@pytest.mark.parametrize("net", ["veth"], indirect=True)
+def test_segments_after_the_close_are_the_connections(no_leaks, net):
+    """The client aborts (SO_LINGER 0: a RST, its socket gone at once, no TIME_WAIT). An nftables rule in the
+    server's namespace drops that RST after the device, where tcpdump and the tracer see it, so the server,
+    still connected, sends its FIN to a tuple with no socket; the client's kernel answers it with a RST, and
+    every retransmission of it, until the rule goes and a RST gets through. Those segments are the client
+    connection's: lines after its close line, named after its last owner, as the capture has them."""
+    s = traffic.Peer("finish", "tfin", 4, net.addr[4], 0, netns=net.srv_ns)
+    s.read_until("LISTEN")
+    with net.capture(s.port) as caps, net.trace(s.port) as t:
+        c = traffic.Peer("abort", "tabort", 4, net.addr[4], s.port, netns=net.cli_ns)
+        c.read_until("CONNECTED")
+        s.read_until("ACCEPTED")
+        nft(net.srv_ns, f"table inet pytracer_stray {{\n chain input {{\n  type filter hook input priority 0;\n"
+                        f"  tcp dport {s.port} tcp flags rst drop\n }}\n}}\n")
+        try:
+            c.go()
+            c.wait()
+            s.go()
+            time.sleep(1.0)         # the FIN and its first retransmission (RTO 200 ms) meet no socket
+        finally:
+            nft(net.srv_ns, "delete table inet pytracer_stray\n")
+        s.wait()
+        events = t.finish(both_closed(s.port))
+    srv, cli = (s.pids["tfin"], 0, "tfin"), (c.pids["tabort"], 0, "tabort")
+    check(t, caps, s.port, sides(s.port, cli, srv, srv), events)
+    (client_cap,) = [cap for cap in caps if cap.netns == netns_inode(net.cli_ns)]
+    fins = [p for p in client_cap.packets if p.dport != s.port and "F" in p.flags]
+    rsts = [p for p in client_cap.packets if p.sport != s.port and "R" in p.flags]
+    assert len(fins) >= 2 and len(rsts) == len(fins) + 1, (fins, rsts)    # the abort's RST, then one a FIN
+    mine = [e for e in events if e.rport == s.port]
+    after = mine[[e.event for e in mine].index("close") + 1:]
+    assert [(e.event, e.dir) for e in after] == [("reset", "out")] + [("recv", "in"), ("reset", "out")] * len(fins)
+    assert {(e.pid, e.uid, e.comm) for e in mine} == {cli}
 
 
 # ---- bulk: GSO super-packets ---------------------------------------------------------------------------
@@ -536,7 +574,7 @@ class _Cap:
 
 def _line(event, d, laddr, lport, raddr, rport, size, payload, **kw):
     return dict(event=event, dir=d, laddr=laddr, lport=lport, raddr=raddr, rport=rport, size=size,
-                payload=payload, netns=7, pid=1, uid=0, comm="x", **kw)
+                payload=payload, netns=7, pid=1, uid=0, comm="x", **{"ts": 0, **kw})
 
 
 @pytest.mark.parametrize("linktype,nano,big", [(1, False, False), (113, False, False), (276, True, False),
@@ -589,6 +627,9 @@ def test_oracle_agrees_and_reports_mismatches():
     assert "server 127.0.0.1:80->127.0.0.1:40000 (netns 7) in: capture 2 packets/200 B payload, tracer 1 " \
            "lines/100 B; missing from the lines (size/payload flags): [166/100 PA]; extra lines" in text, text
     assert "close says tx 0 rx 200, capture tx 0 rx 100" in text, text
+    # the first socket with a missing segment, as a timeline of both
+    assert "server 127.0.0.1:80->127.0.0.1:40000 (netns 7), the capture and the lines in time order:" in text, text
+    assert "6.000000 packet in  PA   166/100 seq 1" in text, text
     # a lost line fails; owners are checked line by line
     assert "lost" in report(oracle([_Cap(pk)], cli + srv + [{"event": "lost", "count": 1}]))
     wrong = attribution(cli + srv, lambda o: (1, 0, "x") if o["lport"] == C else (2, 0, "y"))
