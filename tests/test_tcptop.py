@@ -122,6 +122,9 @@ def test_fallback_counts_between_syscall_entry_and_exit(kernel, no_leaks, monkey
     t = top.make_tracer(top.parse_args(["-P", f"{s.port},{own_port}", "10"])).start()
     try:
         assert len(t.fallbacks) == 1 and "syscall entry and exit" in t.fallbacks[0]
+        # the owner programs came with their nest.bpf.h twins, the fallback counters in place of top_send/recv
+        assert set(t.obj.programs) == {"on_state", "on_state_nested", "on_destroy", "on_destroy_nested",
+                                       "top_sys_enter", "top_sys_exit"}
         c.go()
         c.wait()
         s.wait()

@@ -15,6 +15,13 @@ NESTED = "_nested"         # nest.bpf.h: the twin of program X is X_nested, its 
 NEST_HANDLED_OFFSET = 64   # nest.bpf.h: struct nest_state's `handled` (after 4 slots of 16 bytes)
 
 
+def with_twins(names):
+    """A program predicate for BPFObject(programs=...): the programs named and the nest.bpf.h twin of each
+    (a tool names X; X_nested, which makes the runs of X the kernel skips, comes with it)."""
+    names = frozenset(names)
+    return lambda prog: prog.name in names or (prog.name.endswith(NESTED) and prog.name[:-len(NESTED)] in names)
+
+
 def skipped_runs(obj):
     """Program runs the kernel skipped, of a loaded object: a tracing program does not nest in itself on
     one CPU.  For a pair of nest.bpf.h (X, X_nested, and their map X_nest), the runs of X that X_nested

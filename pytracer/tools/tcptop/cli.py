@@ -9,15 +9,16 @@ import time
 
 from ...toolkit import cli as tool_cli
 from ...toolkit import sockowner
-from ...toolkit.losses import LOSS_TEXT as COMMON_LOSS_TEXT, skipped_runs
+from ...toolkit.losses import LOSS_TEXT as COMMON_LOSS_TEXT, skipped_runs, with_twins
 from ...toolkit.objects import object_path
 from ...toolkit.owners import escape_comm
 from ...toolkit.writers import TextWriter
 
 DESCRIPTION = ("Summarize TCP send/recv throughput by process and connection every interval (tcptop for "
                "Linux, eBPF tracepoints only).")
-# the owner-tracking programs tcptop needs besides its counters (which refresh owners at every send/recv)
-OWNER_PROGRAMS = ("on_state", "on_state_nested", "on_destroy", "on_destroy_nested")
+# the owner-tracking programs tcptop needs besides its counters (which refresh owners at every send/recv);
+# their nest.bpf.h twins come with them (losses.with_twins)
+OWNER_PROGRAMS = ("on_state", "on_destroy")
 COUNTERS = ("top_send", "top_recv")
 # below Linux 6.3 (no sock:sock_*_length) in place of COUNTERS: the same calls, from syscall entry (which also
 # refreshes owners and sees close()) to exit
@@ -54,7 +55,7 @@ class TcpTop:
                                   "syscall entry and exit instead (read, write, send, recv and their v/to/msg "
                                   "forms; sendfile, splice and sendmmsg/recvmmsg are not seen)")
         self.obj = BPFObject(object_path("tcptop"), rodata=self.filters.rodata(),
-                             programs=list(OWNER_PROGRAMS + counters), use_cache=self.use_cache)
+                             programs=with_twins(OWNER_PROGRAMS + counters), use_cache=self.use_cache)
         try:
             self.obj.attach()
             self.top = self.obj.maps["top"]
