@@ -60,8 +60,6 @@ const volatile __u8 no_data = 0;	/* no EV_SEND/EV_RECV records; bytes still coun
 #define SI_TUPLE_WIRE	0x02	/* tuple was taken from a sent packet */
 /* rx_flags: written on the receive path only */
 #define SI_RX_SEQ_INIT	0x01
-/* state_flags (the header's, whose free bits start at 0x04), set by the close hook */
-#define SI_ENDED	0x04	/* closed: a copy lives on in `ended` */
 
 /* tcpsnoop's members of a socket's entry (struct sock_info, sockowner.bpf.h) */
 #define SOCK_INFO_TOOL_FIELDS							\
@@ -83,11 +81,11 @@ const volatile __u8 no_data = 0;	/* no EV_SEND/EV_RECV records; bytes still coun
  * Connections that closed, by tuple: segments of theirs still cross the wire
  * after the full socket is gone.  After an active close the TIME_WAIT
  * mini-socket receives the peer's FIN and sends our last ACK; after any close
- * a late segment of the peer (a FIN or ACK retransmitted after our LAST_ACK
- * ended, data after an abort) is answered by the kernel's control socket with
- * a RST.  That socket's address may be reused at once by a new connection, so
- * the copy is keyed by the 4-tuple, never by the freed pointer.  A new
- * connection on the same tuple removes it.
+ * of an established connection a late segment of the peer (a FIN or data
+ * retransmitted after our LAST_ACK ended, data in flight after an abort) is
+ * answered by the kernel's control socket with a RST.  The socket's address
+ * may be reused at once, so the copy is keyed by the 4-tuple, never by the
+ * freed pointer.  A new connection on the same tuple removes it.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -371,7 +369,8 @@ static __always_inline void seed_rx(__u64 skp, struct sock_info *si)
  * A segment of a closed connection must continue its sequence space: at most
  * one past the highest end seen (our FIN / the peer's FIN) and not far behind
  * it.  Filters out a new connection that reuses the tuple of a stale `ended`
- * entry before it registered itself.
+ * entry before it registered itself.  (Data in flight after an abort arrives
+ * in order: each accepted segment moves the end, see emit_ended.)
  */
 static __always_inline int ended_plausible(__u8 flags, __u8 init_bit, __u32 max_end, __u32 seq)
 {
@@ -382,12 +381,8 @@ static __always_inline int ended_plausible(__u8 flags, __u8 init_bit, __u32 max_
 	return d <= 1 && d >= -(1 << 20);
 }
 
-/*
- * A segment of no live socket we follow: if it is on the tuple of a
- * connection we followed and that closed (sent by its TIME_WAIT mini-socket
- * or by the control socket, or received for either), it is still that
- * connection's, shown under its last owner.  Returns 1 if it was.
- */
+/* A segment of no live socket: if it is on the tuple of a connection in `ended`, it is that connection's,
+ * shown under its last owner.  Returns 1 if it was. */
 static __always_inline int emit_ended(const struct pkt *p, __u8 dir)
 {
 	struct sock_info *si;
@@ -405,6 +400,8 @@ static __always_inline int emit_ended(const struct pkt *p, __u8 dir)
 		plausible = ended_plausible(si->rx_flags, SI_RX_SEQ_INIT, si->rx_max_end, p->seq);
 	if (!plausible)
 		return 0;
+	if (dir == DIR_RECEIVED && p->payload && (__s32)(p->seq + p->payload - si->rx_max_end) > 0)
+		si->rx_max_end = p->seq + p->payload;
 	if (p->payload)
 		attr |= ATTR_RETRANS;
 	if (p->flags & TH_RST)
@@ -502,7 +499,7 @@ static __always_inline void sockowner_on_owner(__u64 skp, struct sock_info *si, 
 	bpf_ringbuf_submit(e, 0);
 }
 
-/* TCP_CLOSE: the close line; the connection leaves a copy by tuple (see `ended`). */
+/* TCP_CLOSE: the close line; an established connection leaves a copy by tuple (see `ended`). */
 static __always_inline void sockowner_on_close(__u64 skp, struct sock_info *si, int oldstate)
 {
 	struct pkt p;
@@ -511,12 +508,17 @@ static __always_inline void sockowner_on_close(__u64 skp, struct sock_info *si, 
 		bpf_map_delete_elem(&halfopen, &si->tuple);
 	if (si->state_flags & SI_TUPLE_SET) {
 		/*
-		 * Segments of the connection still cross the wire after this (the
-		 * TIME_WAIT phase of an active close, strays answered with a RST
-		 * after any close): a copy keyed by the tuple names them.
+		 * Not a connection that never was one (a refused or timed-out
+		 * connect, a child reset in its handshake): nothing of it follows.
+		 * Nor one whose owner is unknown, unless TIME_WAIT follows (its
+		 * lines would wait in user space for an owner that never comes).
 		 */
-		si->state_flags |= SI_ENDED;
-		bpf_map_update_elem(&ended, &si->tuple, si, BPF_ANY);
+		int active = oldstate == TCP_FIN_WAIT1 || oldstate == TCP_FIN_WAIT2 ||
+			     oldstate == TCP_CLOSING;
+
+		if (oldstate != TCP_SYN_SENT && oldstate != TCP_SYN_RECV &&
+		    (active || (si->o.flags & SI_OWNER_KNOWN)))
+			bpf_map_update_elem(&ended, &si->tuple, si, BPF_ANY);
 		tuple_to_pkt(&si->tuple, &p);
 	} else {
 		/* never got a tuple (e.g. connect() failed before sending): from the socket */
@@ -581,9 +583,10 @@ int BPF_PROG(on_tx, struct sk_buff *skb, struct net_device *dev)
 		if (emit_ended(&p, DIR_SENT))
 			return 0;
 		if ((p.flags & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK)) {
-			/* from a listener's request socket */
+			/* from a listener's request socket: a new connection on the tuple */
 			__u8 one = 1;
 
+			bpf_map_delete_elem(&ended, &p.t);
 			bpf_map_update_elem(&halfopen, &p.t, &one, BPF_ANY);
 			emit_handshake(0, 0, &p, DIR_SENT);
 			return 0;

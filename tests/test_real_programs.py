@@ -291,8 +291,9 @@ class Trace:
         One difference is the kernel's, not the CLI's: the two tracers' programs run one after the other on
         a tracepoint, so a segment that arrives on the other CPU between them while its owner hands the
         socket over (in close(), say) is named after the old owner by one and the new by the other. So a
-        line may differ in its owner alone, when both owners hold that connection on other lines, and no
-        connection has more such lines than hand-offs."""
+        send/recv/reset line may differ in its owner alone, the two owners being one hand-off of that
+        connection (consecutive in its order of owners), and no connection has more such lines than
+        hand-offs."""
         def conn(o):
             return o["netns"], o["laddr"], o["lport"], o["raddr"], o["rport"]
 
@@ -308,18 +309,27 @@ class Trace:
         cli = collections.Counter(tuple(o.get(k) for k in KEY) for o in cli_lines)
         if api == cli:
             return
+        # pair the differing lines by everything but the owner: the two owners of a pair must be a hand-off
+        def split(key):
+            o = dict(zip(KEY, key))
+            return tuple(o[k] for k in rest), (o["pid"], o["comm"], o["uid"])
+
+        api_only, cli_only = api - cli, cli - api
         raced = collections.Counter()
-        for only, other in ((api - cli, cli_lines), (cli - api, api_lines)):
-            for key, n in only.items():
-                o = dict(zip(KEY, key))
-                holders = {tuple(x[k] for k in OWNER) for x in other if conn(x) == conn(o)}
-                assert tuple(o[k] for k in OWNER) in holders, \
-                    f"API and CLI disagree on the owner of {o}, named by one tracer only"
-                raced[conn(o)] += n
-        for c, n in raced.items():
-            handoffs = len(stages([e for e in lines if conn(e.as_dict()) == c])) - 1
-            assert n // 2 <= handoffs, (f"API and CLI disagree on the owner of {n // 2} lines of {c}, which has "
-                                        f"{handoffs} hand-offs:\nAPI only: {api - cli}\nCLI only: {cli - api}")
+        for r in {split(k)[0] for k in api_only.elements()}:
+            o = dict(zip(rest, r))
+            assert o["event"] in ("send", "recv", "reset"), f"API and CLI disagree on the owner of {o}"
+            order = stages([e for e in lines if conn(e.as_dict()) == conn(o)])
+            handoffs = set(zip(order, order[1:]))
+            a = [w for x, w in map(split, api_only.elements()) if x == r]
+            c = [w for x, w in map(split, cli_only.elements()) if x == r]
+            for x, y in zip(a, c):
+                assert (x, y) in handoffs or (y, x) in handoffs, \
+                    f"API and CLI disagree on the owner of {o}: {x} vs {y}, not a hand-off of {order}"
+            raced[conn(o)] += len(a)
+            assert raced[conn(o)] <= len(handoffs), (
+                f"API and CLI disagree on the owner of {raced[conn(o)]} lines of {conn(o)}, which has "
+                f"{len(order) - 1} hand-offs:\nAPI only: {api_only}\nCLI only: {cli_only}")
 
     def _events(self, lines):
         return [e for e in map(Event, lines) if self.probe not in (e.lport, e.rport) and e.netns in self.netnses]
