@@ -10,6 +10,7 @@ from .syscall import Buffer, bpf, privilege_error, raise_from_oserror
 
 LOG_START = 1 << 20
 LOG_MAX = 1 << 28          # the kernel's own limit for log_size is UINT_MAX >> 2
+LOAD_TRIES = 5             # BPF_PROG_LOAD on EAGAIN (a signal cut the verifier short), as libbpf does
 _INSN = uapi.BPF_INSN.struct
 PROG_INFO_SIZE = uapi.BPF_PROG_INFO.end("recursion_misses")
 
@@ -89,11 +90,16 @@ def load(prog, maps, btf_fd, license_, source_btf=None, core_failures=()):
             upto = "attach_btf_id"
             fields.update(attach_btf_id=prog.attach_btf_id)
         attr = uapi.ATTR_PROG_LOAD.pack(upto=upto, **fields)
-        try:
-            return bpf(abi.Cmd.PROG_LOAD, attr), None
-        except OSError as e:
-            log = logbuf.raw.split(b"\0", 1)[0].decode("utf-8", "replace") if logbuf else ""
-            return None, (e, log)
+        for tries_left in reversed(range(LOAD_TRIES)):
+            try:
+                return bpf(abi.Cmd.PROG_LOAD, attr), None
+            except OSError as e:
+                # the verifier gives up with EAGAIN when a signal arrives (one pytracer defers during
+                # start-up, see toolkit/cli.py): it was delivered on the way out, so load again
+                if e.errno == errno.EAGAIN and tries_left:
+                    continue
+                log = logbuf.raw.split(b"\0", 1)[0].decode("utf-8", "replace") if logbuf else ""
+                return None, (e, log)
 
     fd, failure = attempt(0, 0)
     if fd is not None:

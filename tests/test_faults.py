@@ -183,6 +183,58 @@ def test_signal_ends_quietly_and_reports_what_it_read(kernel, tmp_path, sig):
     assert_nothing_left(t.ids, before, signal.Signals(sig).name)
 
 
+# pytracer whose start-up pauses after TcpSnoop.start() (programs attached, iterators run, nothing read yet)
+SLOW_START = r"""
+import os, sys, time
+sys.path.insert(0, {root!r})
+from pytracer.tools.tcpsnoop import tracer as T
+start = T.TcpSnoop.start
+def slow_start(self):
+    start(self)
+    open({marker!r}, "w").close()
+    time.sleep({pause!r})
+    open({marker!r} + ".over", "w").close()
+    return self
+T.TcpSnoop.start = slow_start
+from pytracer.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("impatient", [False, True], ids=["once", "twice"])
+def test_a_signal_during_start_up_ends_it_with_what_was_captured(kernel, tmp_path, impatient):
+    """SIGTERM once the programs are attached, before pytracer reads a record (a start-up held up there):
+    the run ends when start-up is done, exit 0, and what the programs captured meanwhile is printed, not
+    dropped unreported. A second signal ends it at once, quietly, nothing left in the kernel."""
+    before = kernel_view.kernel_snapshot()
+    marker = str(tmp_path / "started")
+    wrapper = tmp_path / "slow_start.py"
+    wrapper.write_text(SLOW_START.format(root=ROOT, marker=marker, pause=5.0))
+    holder = {}
+
+    def start(port):
+        t = holder["t"] = Tracer(tmp_path, cmd=[sys.executable, str(wrapper), "-j", "-P", str(port)])
+        deadline = time.monotonic() + 60
+        while not os.path.exists(marker):
+            assert t.p.poll() is None and time.monotonic() < deadline, t.stderr()
+            time.sleep(0.05)
+        t.ids = kernel_view.fdinfo_ids(t.pid)
+
+    s, c = conversation_with(start)
+    t = holder["t"]
+    assert not os.path.exists(marker + ".over"), "the conversation outlasted the pause: nothing was tested"
+    if impatient:       # a second signal does not wait for the start-up to end
+        t.p.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+    assert t.stop(signal.SIGTERM) == 0
+    assert_quiet_exit(t, 0)
+    if impatient:
+        assert not os.path.exists(marker + ".over")
+    else:
+        check_connection(t.json_lines(), s, c)
+    assert_nothing_left(t.ids, before, "SIGTERM during start-up")
+
+
 def _holders_of(link_ids, exclude):
     """{pid: [fd link targets]} of the processes (other than `exclude`) that hold any of `link_ids`."""
     out = {}

@@ -8,6 +8,7 @@ new_losses(), last_losses, fallbacks (notes for stderr) and obj (None once close
 pytracer/tools/tcpsnoop/tracer.py.
 """
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -24,23 +25,25 @@ class Stop(Exception):
 
 
 class _StopSignals:
-    """SIGTERM (and SIGINT) end the run by raising Stop (KeyboardInterrupt) in the main thread: at once
-    during start-up, but not while a batch is in hand. Records taken from the ring buffer live only in
-    Python until their lines are written, and an exception raised between the two dropped them unreported
-    (a segment missing from the lines after a SIGTERM that found the tracer still working through a
-    burst). So inside `with signals:` a signal is only noted, and raise_noted() raises it once the batch
-    is out. One poll_lines() call both waits and reads, so the wait is inside too; that the stop does not
+    """SIGTERM (and SIGINT) end the run by raising Stop (KeyboardInterrupt) in the main thread, but not while
+    a batch is in hand. Records taken from the ring buffer live only in Python until their lines are
+    written, and an exception raised between the two dropped them unreported (a segment missing from the
+    lines after a SIGTERM that found the tracer still working through a burst). So inside `with signals:`
+    a signal is only noted, and raise_noted() raises it once the batch is out. Start-up is the same
+    (`with signals.starting():`): once a program is attached its records wait in the ring buffer, and a
+    signal then ended the run with them unread and unreported; there a second signal ends it at once. One poll_lines() call both waits and reads, so the wait is inside too; that the stop does not
     wait for the poll's timeout, the signal also writes to a wakeup pipe the ring buffer's poll watches
     (`watch`)."""
 
     def __init__(self):
         self.busy = False
+        self.impatient = False      # starting(): a second signal is not held back
         self.noted = None           # the exception a signal asked for while busy
         self._pipe = self._old_wakeup = None
 
     def handler(self, exc):
         def on_signal(signum, frame):
-            if not self.busy:
+            if not self.busy or (self.impatient and self.noted is not None):
                 raise exc()
             self.noted = self.noted or exc
         return on_signal
@@ -52,6 +55,14 @@ class _StopSignals:
         os.set_blocking(w, False)
         self._old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
         rb.wake_on(r)
+
+    @contextlib.contextmanager
+    def starting(self):
+        self.busy = self.impatient = True
+        try:
+            yield
+        finally:
+            self.busy = self.impatient = False
 
     def __enter__(self):
         self.busy = True
@@ -189,14 +200,16 @@ def run(argv, parse_args, make_tracer, make_writer):
     # library code never prints; its warnings are shown here
     quiet = on_warning(lambda message: print(f"pytracer: warning: {message}", file=sys.stderr))
     try:
-        tracer = make_tracer(a)
-        tracer.start()
-        from .. import features
+        with signals.starting():
+            tracer = make_tracer(a)
+            tracer.start()
+            from .. import features
 
-        for note in tracer.fallbacks + features.take_notes():
-            print(f"pytracer: note: {note}", file=sys.stderr)
-        writer = make_writer(a, time.time())
-        writer.header()
+            for note in tracer.fallbacks + features.take_notes():
+                print(f"pytracer: note: {note}", file=sys.stderr)
+            writer = make_writer(a, time.time())
+            writer.header()
+        signals.raise_noted()       # a signal during start-up: what the programs captured is printed
         if getattr(tracer, "rb", None) is not None:
             signals.watch(tracer.rb)
         end = None if a.duration is None else time.monotonic() + a.duration
