@@ -30,9 +30,10 @@ class _StopSignals:
     written, and an exception raised between the two dropped them unreported (a segment missing from the
     lines after a SIGTERM that found the tracer still working through a burst). So inside `with signals:`
     a signal is only noted, and raise_noted() raises it once the batch is out. Start-up is the same
-    (`with signals.starting():`): once a program is attached its records wait in the ring buffer, and a
-    signal then ended the run with them unread and unreported; there a second signal ends it at once. One poll_lines() call both waits and reads, so the wait is inside too; that the stop does not
-    wait for the poll's timeout, the signal also writes to a wakeup pipe the ring buffer's poll watches
+    (`with signals.starting():`): once a program is attached its records wait in the ring buffer, which a
+    stop there would leave unread and unreported; a second signal during start-up ends it at once. One
+    poll_lines() call both waits and reads, so the wait is inside too; that the stop does not wait for
+    the poll's timeout, the signal also writes to a wakeup pipe the ring buffer's poll watches
     (`watch`)."""
 
     def __init__(self):
