@@ -369,7 +369,7 @@ def oracle(captures, lines, server_ports=(), max_examples=12):
     for o in lines:
         if o["event"] != "lost":
             by_sock[sock_key(o["netns"], o["laddr"], o["lport"], o["raddr"], o["rport"])].append(o)
-    hs, mism, bad, mism_keys = [], [], [], []
+    hs, mism, bad, mism_socks = [], [], [], []
     for k in sorted(set(packets) | set(by_sock)):
         pk = packets.get(k, {"out": [], "in": []})
         mine = by_sock.get(k, [])
@@ -383,7 +383,7 @@ def oracle(captures, lines, server_ports=(), max_examples=12):
             g = collections.Counter((o["size"], o["payload"]) for o in other)
             if w == g:
                 continue
-            mism_keys.append(k)
+            mism_socks.append((k, pk, mine))
             flags = _labels(((p.size, p.payload), p.flags or ".") for p in rest)
             events = _labels(((o["size"], o["payload"]), o["event"]) for o in other)
             mism.append(
@@ -411,10 +411,9 @@ def oracle(captures, lines, server_ports=(), max_examples=12):
     problems += _section("socket directions disagree with the capture (send/recv/reset lines vs the other "
                          "packets)", mism, max_examples)
     problems += _section("close lines disagree with the capture", bad, max_examples)
-    if mism_keys:
-        k = mism_keys[0]
-        problems.append(f"{name(k)}, the capture and the lines in time order:\n  "
-                        + "\n  ".join(timeline(packets[k] if k in packets else {"out": [], "in": []}, by_sock[k])))
+    if mism_socks:
+        k, pk, mine = mism_socks[0]
+        problems.append(f"{name(k)}, the capture and the lines in time order:\n  " + "\n  ".join(timeline(pk, mine)))
     if not packets:
         problems.append("the capture saw no packets")
     return problems

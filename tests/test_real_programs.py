@@ -293,7 +293,7 @@ class Trace:
         socket over (in close(), say) is named after the old owner by one and the new by the other. So a
         send/recv/reset line may differ in its owner alone, the two owners being one hand-off of that
         connection (consecutive in its order of owners), and no connection has more such lines than
-        hand-offs."""
+        distinct hand-offs."""
         def conn(o):
             return o["netns"], o["laddr"], o["lport"], o["raddr"], o["rport"]
 
@@ -312,7 +312,7 @@ class Trace:
         # pair the differing lines by everything but the owner: the two owners of a pair must be a hand-off
         def split(key):
             o = dict(zip(KEY, key))
-            return tuple(o[k] for k in rest), (o["pid"], o["comm"], o["uid"])
+            return tuple(o[k] for k in rest), (o["pid"], o["comm"], o["uid"])     # as owner() orders them
 
         api_only, cli_only = api - cli, cli - api
         raced = collections.Counter()
@@ -329,7 +329,7 @@ class Trace:
             raced[conn(o)] += len(a)
             assert raced[conn(o)] <= len(handoffs), (
                 f"API and CLI disagree on the owner of {raced[conn(o)]} lines of {conn(o)}, which has "
-                f"{len(order) - 1} hand-offs:\nAPI only: {api_only}\nCLI only: {cli_only}")
+                f"{len(handoffs)} distinct hand-offs:\nAPI only: {api_only}\nCLI only: {cli_only}")
 
     def _events(self, lines):
         return [e for e in map(Event, lines) if self.probe not in (e.lport, e.rport) and e.netns in self.netnses]

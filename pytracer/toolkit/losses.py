@@ -15,11 +15,16 @@ NESTED = "_nested"         # nest.bpf.h: the twin of program X is X_nested, its 
 NEST_HANDLED_OFFSET = 64   # nest.bpf.h: struct nest_state's `handled` (after 4 slots of 16 bytes)
 
 
+def twin_of(name):
+    """The program whose nest.bpf.h twin `name` is (X for X_nested), or None."""
+    return name[:-len(NESTED)] if name.endswith(NESTED) else None
+
+
 def with_twins(names):
     """A program predicate for BPFObject(programs=...): the programs named and the nest.bpf.h twin of each
     (a tool names X; X_nested, which makes the runs of X the kernel skips, comes with it)."""
     names = frozenset(names)
-    return lambda prog: prog.name in names or (prog.name.endswith(NESTED) and prog.name[:-len(NESTED)] in names)
+    return lambda prog: prog.name in names or twin_of(prog.name) in names
 
 
 def skipped_runs(obj):
@@ -29,7 +34,7 @@ def skipped_runs(obj):
     programs = obj.programs
     total = 0
     for name, prog in programs.items():
-        if name.endswith(NESTED) and name[:-len(NESTED)] in programs:
+        if twin_of(name) in programs:
             continue
         missed = prog.recursion_misses()
         if missed and name + NESTED in programs:
