@@ -572,8 +572,9 @@ def test_tracefs_not_mounted_is_mounted_by_pytracer(kernel, tmp_path):
     assert not TRACEBACK.search(err), err
     lines = [ln.split() for ln in out.splitlines()[1:]]
     ours = [ln for ln in lines if str(s.port) in ln]
-    assert any(ln[-1] == "tcli" and ln[4] == "->" and ln[-2] == str(HANDSHAKE[4][0]) for ln in ours), out
-    assert [int(ln[-2]) for ln in ours if ln[-1] == "tsrv"][:3] == list(HANDSHAKE[4]), out
+    said = f"{out}\nstderr: {err}"
+    assert any(ln[-1] == "tcli" and ln[4] == "->" and ln[-2] == str(HANDSHAKE[4][0]) for ln in ours), said
+    assert [int(ln[-2]) for ln in ours if ln[-1] == "tsrv"][:3] == list(HANDSHAKE[4]), said
     assert "MOUNT:" in err, "expected pytracer to have mounted tracefs"
     assert_nothing_left({}, before, "a run that mounted tracefs")
 

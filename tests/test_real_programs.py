@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
+from types import SimpleNamespace
 
 import pytest
 
@@ -292,8 +293,10 @@ class Trace:
         a tracepoint, so a segment that arrives on the other CPU between them while its owner hands the
         socket over (in close(), say) is named after the old owner by one and the new by the other. So a
         send/recv/reset line may differ in its owner alone, the two owners being one hand-off of that
-        connection (consecutive in its order of owners), and no connection has more such lines than
-        distinct hand-offs."""
+        connection (consecutive in its order of owners). How many lines fall between the two programs is not
+        bounded (a CPU may be preempted between them: seen under qemu, 8 segments), but each tracer names
+        the connection's owners in the same order, each owner one run of lines, so the lines that differ are
+        those between the two tracers' moments of each hand-off."""
         def conn(o):
             return o["netns"], o["laddr"], o["lport"], o["raddr"], o["rport"]
 
@@ -315,7 +318,10 @@ class Trace:
             return tuple(o[k] for k in rest), (o["pid"], o["comm"], o["uid"])     # as owner() orders them
 
         api_only, cli_only = api - cli, cli - api
-        raced = collections.Counter()
+        for c in conns:
+            a = stages([e for e in lines if conn(e.as_dict()) == c])
+            b = stages([SimpleNamespace(**o) for o in cli_lines if conn(o) == c])
+            assert a == b, f"API and CLI disagree on the order of owners of {c}: {a} vs {b}"
         for r in {split(k)[0] for k in api_only.elements()}:
             o = dict(zip(rest, r))
             assert o["event"] in ("send", "recv", "reset"), f"API and CLI disagree on the owner of {o}"
@@ -326,10 +332,6 @@ class Trace:
             for x, y in zip(a, c):
                 assert (x, y) in handoffs or (y, x) in handoffs, \
                     f"API and CLI disagree on the owner of {o}: {x} vs {y}, not a hand-off of {order}"
-            raced[conn(o)] += len(a)
-            assert raced[conn(o)] <= len(handoffs), (
-                f"API and CLI disagree on the owner of {raced[conn(o)]} lines of {conn(o)}, which has "
-                f"{len(handoffs)} distinct hand-offs:\nAPI only: {api_only}\nCLI only: {cli_only}")
 
     def _events(self, lines):
         return [e for e in map(Event, lines) if self.probe not in (e.lport, e.rport) and e.netns in self.netnses]
