@@ -294,7 +294,7 @@ class Trace:
         socket over (in close(), say) is named after the old owner by one and the new by the other. So a
         send/recv/reset line may differ in its owner alone, the two owners being one hand-off of that
         connection (consecutive in its order of owners). How many lines fall between the two programs is not
-        bounded (a CPU may be preempted between them: seen under qemu, 8 segments), but each tracer names
+        bounded (the host may pause a virtual CPU between them: seen under qemu, 8 segments), but each tracer names
         the connection's owners in the same order, each owner one run of lines, so the lines that differ are
         those between the two tracers' moments of each hand-off."""
         def conn(o):
