@@ -605,26 +605,43 @@ __noinline int walked_fd(__u64 file, __u32 tgid, __u32 what)
 	return 0;
 }
 
+/*
+ * Descriptors [first, first + FD_CHUNK) of the table at `fds` (those below
+ * `max`); 1 when the table ends in this chunk.  A global function too, so that
+ * the verifier walks a loop of FD_CHUNK and one of MAX_WALK_FDS / FD_CHUNK
+ * rather than one of MAX_WALK_FDS: it keeps a state per iteration at the loop
+ * head and compares each new one with all of them, so one long loop costs
+ * the square of its length (~13x the load time of the whole program).
+ */
+#define FD_CHUNK	32
+__noinline int walk_fd_chunk(__u64 fds, __u32 first, __u32 max, __u32 tgid, __u32 what)
+{
+	for (__u32 i = 0; i < FD_CHUNK; i++) {
+		struct file *f = 0;
+
+		if (first + i >= max)
+			return 1;
+		bpf_probe_read_kernel(&f, sizeof(f), (struct file **)fds + first + i);
+		if (f)
+			walked_fd((__u64)f, tgid, what);
+	}
+	return 0;
+}
+
 static __always_inline void walk_fds(struct task_struct *task, __u32 what)
 {
 	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
 	__u32 tgid = BPF_CORE_READ(task, tgid);
-	struct file **fds;
+	__u64 fds;
 	__u32 max;
 
 	if (!fdt)
 		return;
 	max = BPF_CORE_READ(fdt, max_fds);
-	fds = BPF_CORE_READ(fdt, fd);
-	for (__u32 i = 0; i < MAX_WALK_FDS; i++) {
-		struct file *f = 0;
-
-		if (i >= max)
+	fds = (__u64)BPF_CORE_READ(fdt, fd);
+	for (__u32 c = 0; c < MAX_WALK_FDS / FD_CHUNK; c++)
+		if (walk_fd_chunk(fds, c * FD_CHUNK, max, tgid, what))
 			break;
-		bpf_probe_read_kernel(&f, sizeof(f), &fds[i]);
-		if (f)
-			walked_fd((__u64)f, tgid, what);
-	}
 }
 
 /*
